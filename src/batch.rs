@@ -1,0 +1,287 @@
+//! Batching: one sink's rendered records grouped per partition, up to `max_events`,
+//! `max_bytes` or `max_age`, whichever comes first.
+//!
+//! A batch holds records of one partition only, in offset order, so a sink that sends its
+//! batches one after another keeps Kafka's order per partition. [`Batcher`] is the pure state
+//! (testable without a clock); [`batches`] drives it from a stream and a timer.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tokio::time::Instant;
+
+use crate::config::BatchConfig;
+use crate::event::TopicPartition;
+
+/// One event rendered for one sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: i64,
+    pub body: String,
+}
+
+/// Records of one partition, in offset order, sent together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub tp: TopicPartition,
+    pub records: Vec<Record>,
+    /// Sum of the records' body lengths.
+    pub bytes: usize,
+}
+
+impl Batch {
+    fn new(tp: TopicPartition) -> Self {
+        Self {
+            tp,
+            records: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn offsets(&self) -> Vec<i64> {
+        self.records.iter().map(|r| r.offset).collect()
+    }
+
+    pub fn first_offset(&self) -> Option<i64> {
+        self.records.first().map(|r| r.offset)
+    }
+
+    pub fn last_offset(&self) -> Option<i64> {
+        self.records.last().map(|r| r.offset)
+    }
+
+    /// The records joined by newlines, with a final newline: what the file and stdout sinks
+    /// write and what NDJSON bodies hold.
+    pub fn lines(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes + self.records.len());
+        for r in &self.records {
+            out.extend_from_slice(r.body.as_bytes());
+            out.push(b'\n');
+        }
+        out
+    }
+
+    fn push(&mut self, r: Record) {
+        self.bytes += r.body.len();
+        self.records.push(r);
+    }
+}
+
+struct Open {
+    batch: Batch,
+    deadline: Instant,
+}
+
+/// Open batches per partition, and the limits that close them.
+pub struct Batcher {
+    limits: BatchConfig,
+    open: HashMap<TopicPartition, Open>,
+}
+
+impl Batcher {
+    pub fn new(limits: BatchConfig) -> Self {
+        Self {
+            limits,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Adds a record; returns the batches this closes (at most two: the one the record did not
+    /// fit into, and the record's own when it is full at once).
+    pub fn push(&mut self, tp: TopicPartition, record: Record, now: Instant) -> Vec<Batch> {
+        let mut closed = Vec::new();
+        let max_bytes = self.limits.max_bytes.as_usize();
+        if let Some(open) = self.open.get(&tp) {
+            if !open.batch.is_empty() && open.batch.bytes + record.body.len() > max_bytes {
+                if let Some(open) = self.open.remove(&tp) {
+                    closed.push(open.batch);
+                }
+            }
+        }
+        let age = self.limits.max_age.get();
+        let open = self.open.entry(tp.clone()).or_insert_with(|| Open {
+            batch: Batch::new(tp.clone()),
+            deadline: now + age,
+        });
+        open.batch.push(record);
+        if open.batch.len() >= self.limits.max_events || open.batch.bytes >= max_bytes {
+            if let Some(open) = self.open.remove(&tp) {
+                closed.push(open.batch);
+            }
+        }
+        closed
+    }
+
+    /// When the oldest open batch reaches `max_age`.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.open.values().map(|o| o.deadline).min()
+    }
+
+    /// Closes the batches that have reached `max_age`.
+    pub fn take_expired(&mut self, now: Instant) -> Vec<Batch> {
+        let expired: Vec<TopicPartition> = self
+            .open
+            .iter()
+            .filter(|(_, o)| o.deadline <= now)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|tp| self.open.remove(&tp).map(|o| o.batch))
+            .collect()
+    }
+
+    /// Closes every open batch (the input has ended).
+    pub fn drain(&mut self) -> Vec<Batch> {
+        self.open.drain().map(|(_, o)| o.batch).collect()
+    }
+}
+
+/// Turns a stream of records into a stream of batches, closing batches by count, size and age.
+/// When the input ends, the open batches are flushed and the stream ends.
+pub fn batches<S>(input: S, limits: BatchConfig) -> impl Stream<Item = Batch>
+where
+    S: Stream<Item = (TopicPartition, Record)> + Send + 'static,
+{
+    struct State {
+        input: Pin<Box<dyn Stream<Item = (TopicPartition, Record)> + Send>>,
+        batcher: Batcher,
+        ready: VecDeque<Batch>,
+        ended: bool,
+    }
+    let state = State {
+        input: Box::pin(input),
+        batcher: Batcher::new(limits),
+        ready: VecDeque::new(),
+        ended: false,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(b) = st.ready.pop_front() {
+                return Some((b, st));
+            }
+            if st.ended {
+                return None;
+            }
+            let deadline = st.batcher.next_deadline();
+            tokio::select! {
+                item = st.input.next() => match item {
+                    Some((tp, r)) => st.ready.extend(st.batcher.push(tp, r, Instant::now())),
+                    None => {
+                        st.ended = true;
+                        st.ready.extend(st.batcher.drain());
+                    }
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    st.ready.extend(st.batcher.take_expired(Instant::now()));
+                }
+            }
+        }
+    })
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(d).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ByteSize, HumanDuration};
+    use std::time::Duration;
+
+    fn tp(p: i32) -> TopicPartition {
+        TopicPartition {
+            topic: "t".into(),
+            partition: p,
+        }
+    }
+
+    fn rec(offset: i64, len: usize) -> Record {
+        Record {
+            offset,
+            body: "x".repeat(len),
+        }
+    }
+
+    fn limits(events: usize, bytes: u64, age_ms: u64) -> BatchConfig {
+        BatchConfig {
+            max_events: events,
+            max_bytes: ByteSize(bytes),
+            max_age: HumanDuration::from_millis(age_ms),
+        }
+    }
+
+    #[test]
+    fn closes_on_count_and_keeps_partitions_apart() {
+        let mut b = Batcher::new(limits(2, 1 << 20, 1000));
+        let now = Instant::now();
+        assert!(b.push(tp(0), rec(0, 1), now).is_empty());
+        assert!(b.push(tp(1), rec(0, 1), now).is_empty());
+        let full = b.push(tp(0), rec(1, 1), now);
+        assert_eq!(full.len(), 1);
+        assert_eq!(full[0].tp, tp(0));
+        assert_eq!(full[0].offsets(), vec![0, 1]);
+        let rest = b.drain();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].tp, tp(1));
+    }
+
+    #[test]
+    fn closes_before_exceeding_bytes_and_sends_an_oversized_record_alone() {
+        let mut b = Batcher::new(limits(100, 10, 1000));
+        let now = Instant::now();
+        assert!(b.push(tp(0), rec(0, 6), now).is_empty());
+        let closed = b.push(tp(0), rec(1, 6), now);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].offsets(), vec![0]);
+        let closed = b.push(tp(0), rec(2, 50), now);
+        assert_eq!(closed.len(), 2);
+        assert_eq!(closed[0].offsets(), vec![1]);
+        assert_eq!(closed[1].offsets(), vec![2]);
+    }
+
+    #[test]
+    fn closes_on_age() {
+        let mut b = Batcher::new(limits(100, 1 << 20, 500));
+        let t0 = Instant::now();
+        b.push(tp(0), rec(0, 1), t0);
+        assert_eq!(b.next_deadline(), Some(t0 + Duration::from_millis(500)));
+        assert!(b.take_expired(t0 + Duration::from_millis(499)).is_empty());
+        assert_eq!(b.take_expired(t0 + Duration::from_millis(500)).len(), 1);
+        assert_eq!(b.next_deadline(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stream_flushes_by_age_and_at_the_end() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut out = Box::pin(batches(
+            tokio_stream_from(rx),
+            limits(100, 1 << 20, 1000),
+        ));
+        tx.send((tp(0), rec(0, 1))).unwrap();
+        let first = out.next().await.unwrap();
+        assert_eq!(first.offsets(), vec![0], "closed by age");
+        tx.send((tp(0), rec(1, 1))).unwrap();
+        drop(tx);
+        assert_eq!(out.next().await.unwrap().offsets(), vec![1], "flushed at end");
+        assert!(out.next().await.is_none());
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+    ) -> impl Stream<Item = T> + Send {
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+}

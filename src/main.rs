@@ -1,0 +1,129 @@
+//! The command line: parse, set up logging, call one function per command (see `cli`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use auditstream::cli;
+
+#[derive(Parser)]
+#[command(
+    name = "auditstream",
+    version,
+    about = "Streams audit events from Kafka to archives and SIEMs; nothing is lost when a destination breaks."
+)]
+struct Args {
+    /// Log line format on stderr (level from RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+const DEFAULT_CONFIG: &str = "config/auditstream.toml";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Load, check and compile everything; print `ok` or every problem.
+    Validate {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print exactly what a sink would send for one event.
+    Render {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The sink's name.
+        #[arg(long)]
+        sink: String,
+        /// A file holding the event, or `-` for stdin (default: a built-in sample event).
+        #[arg(long)]
+        event: Option<String>,
+    },
+    /// Inspect events that could not be decoded or rendered.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
+    /// Run the whole pipeline on an embedded default, with no external services.
+    Demo {
+        /// How many audit events to generate.
+        #[arg(long, default_value_t = 5000)]
+        events: usize,
+        /// Where the sinks write.
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// One line per quarantined message.
+    List {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Show at most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Every quarantined message as one JSON object per line.
+    Export {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(cli::FAILURE);
+        }
+    };
+    match args.command {
+        Command::Run { config } => runtime.block_on(cli::run(&config)),
+        Command::Validate { config } => cli::validate(&config),
+        Command::Render {
+            config,
+            sink,
+            event,
+        } => cli::render(&config, &sink, event.as_deref()),
+        Command::Quarantine { action } => match action {
+            QuarantineAction::List { config, limit } => cli::quarantine_list(&config, limit),
+            QuarantineAction::Export { config, out } => {
+                cli::quarantine_export(&config, out.as_ref())
+            }
+        },
+        Command::Demo { events, out } => runtime.block_on(cli::demo(events, out)),
+    }
+}

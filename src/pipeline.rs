@@ -1,0 +1,179 @@
+//! The pipeline: builds every stage from the configuration, runs them, and stops them in order.
+//!
+//! ```text
+//! source thread --(Arc<Event>)--> sink worker x N --(Finished)--> source thread
+//!       \--(rejected)--> quarantine writer --(Finished)--/
+//! ```
+//!
+//! Queues run one way (events), reports the other (finished offsets). On a graceful stop the
+//! source closes the event queues; each worker flushes its batches and drops its report sender;
+//! once the last one has, the source commits its final positions and returns. A worker that
+//! ends while the pipeline runs (a panic) stops the daemon with an error: its events are never
+//! committed, and the next start reads them again.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::deliver::Worker;
+use crate::fanout::{Filter, Route, Router};
+use crate::offsets::Slot;
+use crate::park::quarantine::{run_writer, Quarantine};
+use crate::park::Store;
+use crate::shutdown::{Shutdown, Stage};
+use crate::sink::{self, Sink};
+use crate::source::{Source, SourceControl, SourceSettings};
+use crate::status::{SinkStatus, Status};
+use crate::template::Templates;
+
+/// A pipeline ready to run: store open, sinks built.
+pub struct Pipeline {
+    config: Config,
+    templates: Arc<Templates>,
+    store: Store,
+    sinks: Vec<Box<dyn Sink>>,
+    status: Arc<Status>,
+}
+
+impl Pipeline {
+    /// Opens the park store and builds every sink.
+    pub fn build(config: Config, templates: Templates) -> anyhow::Result<Self> {
+        let store = Store::open(&config.park.path)?;
+        let mut sinks = Vec::with_capacity(config.sinks.len());
+        let mut statuses = Vec::with_capacity(config.sinks.len());
+        for sc in &config.sinks {
+            let sink =
+                sink::build(sc).with_context(|| format!("starting sink `{}`", sc.name))?;
+            statuses.push(Arc::new(SinkStatus::new(
+                &sc.name,
+                sc.type_name(),
+                sink.describe(),
+            )));
+            sinks.push(sink);
+        }
+        Ok(Self {
+            config,
+            templates: Arc::new(templates),
+            store,
+            sinks,
+            status: Arc::new(Status {
+                sinks: statuses,
+                ..Status::default()
+            }),
+        })
+    }
+
+    /// The live status, for progress displays (and later the admin API).
+    pub fn status(&self) -> Arc<Status> {
+        self.status.clone()
+    }
+
+    /// Runs until `shutdown` asks to stop, then stops in order.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let Pipeline {
+            config,
+            templates,
+            store,
+            sinks,
+            status,
+        } = self;
+        let (reports_tx, reports_rx) = std::sync::mpsc::channel();
+        let (quarantine, quarantine_queue) = Quarantine::channel();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(run_writer(
+            store.clone(),
+            quarantine_queue,
+            reports_tx.clone(),
+        ));
+
+        let mut routes = Vec::with_capacity(sinks.len());
+        for (index, (sink, sc)) in sinks.into_iter().zip(&config.sinks).enumerate() {
+            let slot = Slot::sink(index).context("too many sinks")?;
+            let (queue, events) = tokio::sync::mpsc::unbounded_channel();
+            routes.push(Route {
+                slot,
+                filter: Filter::new(sc),
+                queue,
+            });
+            let worker = Worker {
+                index,
+                slot,
+                sink,
+                templates: templates.clone(),
+                batch: sc.batch,
+                retry: sc.retry,
+                status: status.sinks[index].clone(),
+                reports: reports_tx.clone(),
+                quarantine: quarantine.clone(),
+            };
+            tasks.spawn(worker.run(events));
+        }
+        drop(reports_tx);
+
+        let control = Arc::new(SourceControl::default());
+        let settings = SourceSettings {
+            kafka: config.kafka.clone(),
+            max_event_bytes: config.pipeline.max_event_bytes.as_usize(),
+            max_in_flight: config.pipeline.max_in_flight_events,
+        };
+        let source = Source::connect(
+            settings,
+            Router::new(routes),
+            quarantine,
+            reports_rx,
+            control.clone(),
+            status.clone(),
+        )
+        .context("connecting to Kafka")?;
+        let mut source_thread = tokio::task::spawn_blocking(move || source.run());
+
+        // Running: until asked to stop, or until something ends that should not.
+        let failure = tokio::select! {
+            _ = shutdown.reached(Stage::Graceful) => None,
+            ended = tasks.join_next() => Some(match ended {
+                Some(Err(e)) => format!("a pipeline task failed: {e}"),
+                _ => "a pipeline task ended unexpectedly".to_string(),
+            }),
+            ended = &mut source_thread => Some(match ended {
+                Err(e) => format!("the Kafka source failed: {e}"),
+                Ok(()) => "the Kafka source ended unexpectedly".to_string(),
+            }),
+        };
+        if let Some(why) = &failure {
+            tracing::error!("{why}; stopping without committing unfinished work");
+            control.stop_now();
+        } else {
+            control.drain();
+        }
+
+        // Stopping: let the workers flush, within the shutdown timeout.
+        let deadline = tokio::time::sleep(config.pipeline.shutdown_timeout.get());
+        tokio::pin!(deadline);
+        while failure.is_none() {
+            tokio::select! {
+                ended = tasks.join_next() => match ended {
+                    None => break,
+                    Some(Err(e)) => tracing::error!(error = %e, "a pipeline task failed while stopping"),
+                    Some(Ok(())) => {}
+                },
+                _ = &mut deadline => {
+                    tracing::warn!(timeout = %config.pipeline.shutdown_timeout, "stopping before every batch was delivered; the rest will be read again from Kafka");
+                    break;
+                }
+                _ = shutdown.reached(Stage::Immediate) => break,
+            }
+        }
+        tasks.shutdown().await;
+        control.stop_now();
+        if !source_thread.is_finished() {
+            let _ = source_thread.await;
+        }
+        store.flush().await?;
+        match failure {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Sinks: the destinations. Each implements [`Sink`]: deliver one batch, or say why not and
+//! whether trying again can help ([`DeliveryError`]).
+//!
+//! A sink knows nothing of Kafka, offsets, retries or the park: the [`crate::deliver`] worker
+//! around it decides what a failure means. `Ok` from [`Sink::deliver`] is a promise that the
+//! destination has the batch (for the file sink: written and fsynced), because the worker then
+//! lets the batch's offsets be committed.
+
+pub mod file;
+pub mod stdout;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::batch::Batch;
+use crate::config::{SinkConfig, SinkKind};
+
+/// Whether trying again can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Connection failures, timeouts, throttling, server errors, a full disk.
+    Retryable,
+    /// The destination refuses this data or these credentials; retrying the same request
+    /// cannot succeed until a person changes something.
+    Permanent,
+}
+
+/// A failed delivery, with the detail a person needs (status, error code, message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct DeliveryError {
+    pub class: ErrorClass,
+    pub detail: String,
+    /// The destination asked us to wait this long (HTTP `Retry-After`, S3 `SlowDown`).
+    pub retry_after: Option<Duration>,
+}
+
+impl DeliveryError {
+    pub fn retryable(detail: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Retryable,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(detail: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Permanent,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.class == ErrorClass::Permanent
+    }
+}
+
+impl fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let class = match self.class {
+            ErrorClass::Retryable => "retryable",
+            ErrorClass::Permanent => "permanent",
+        };
+        write!(f, "{} ({class})", self.detail)
+    }
+}
+
+/// A destination for batches of rendered records.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// Sends one batch. `Ok` means the destination has it.
+    async fn deliver(&self, batch: &Batch) -> Result<(), DeliveryError>;
+
+    /// The destination with secrets removed, for logs, the status page and alerts.
+    fn describe(&self) -> String;
+}
+
+/// Builds the sink a configuration entry describes.
+pub fn build(config: &SinkConfig) -> anyhow::Result<Box<dyn Sink>> {
+    Ok(match &config.kind {
+        SinkKind::File(c) => Box::new(file::FileSink::open(c)?),
+        SinkKind::Stdout(_) => Box::new(stdout::StdoutSink),
+    })
+}

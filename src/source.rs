@@ -1,0 +1,445 @@
+//! The Kafka source: one thread that polls the consumer group, decodes, fans out, and commits.
+//!
+//! The thread does, in a loop:
+//! 1. apply the sinks' [`Finished`] reports to the offset [`Tracker`] and *store* the moved
+//!    positions (librdkafka commits stored offsets every `auto.commit.interval.ms`, on
+//!    rebalance and at close; `enable.auto.offset.store` is off so nothing else is stored);
+//! 2. pause every assigned partition when `max_in_flight_events` are in flight, resume at half;
+//! 3. poll one message: copy it out, [`decode`](crate::decode) it, register it with the tracker
+//!    (owed by the sinks whose filter matches, or by the quarantine), then queue it.
+//!
+//! It never blocks on a sink: when sinks fall behind, it pauses partitions and keeps polling,
+//! so the consumer stays in its group (`max.poll.interval.ms`) and memory stays bounded.
+//!
+//! Rebalances run inside `poll` on this thread. On revoke, the reports received so far are
+//! applied and the revoked partitions' positions are committed synchronously before they go;
+//! late reports for them are ignored. On assign, partitions start afresh from the committed
+//! offsets. The next owner may see a few duplicates, never a gap.
+//!
+//! Stopping: [`SourceControl::drain`] stops reading, closes the sinks' queues (they flush their
+//! batches) and waits until every worker has dropped its report sender, then commits the final
+//! positions. [`SourceControl::stop_now`] commits what is finished and returns at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+use crate::decode::decode;
+use crate::event::{Coords, RawMessage, TopicPartition};
+use crate::fanout::Router;
+use crate::offsets::{Finished, Pending, Slot, Tracker};
+use crate::park::quarantine::{Quarantine, QuarantineEntry};
+use crate::status::Status;
+
+/// Limits the source enforces.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub kafka: KafkaConfig,
+    pub max_event_bytes: usize,
+    pub max_in_flight: usize,
+}
+
+/// How the pipeline tells the source thread to stop.
+#[derive(Debug, Default)]
+pub struct SourceControl(AtomicU8);
+
+const RUN: u8 = 0;
+const DRAIN: u8 = 1;
+const STOP_NOW: u8 = 2;
+
+impl SourceControl {
+    /// Stop reading, let the sinks flush, commit, return.
+    pub fn drain(&self) {
+        let _ = self
+            .0
+            .compare_exchange(RUN, DRAIN, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    /// Commit what is finished and return now.
+    pub fn stop_now(&self) {
+        self.0.store(STOP_NOW, Ordering::SeqCst);
+    }
+    fn stage(&self) -> u8 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// State shared between the poll loop and the rebalance callbacks (which run inside `poll`,
+/// on the same thread, so the lock is never contended).
+struct Shared {
+    tracker: Tracker,
+    reports: Receiver<Finished>,
+    /// False once every worker has dropped its sender.
+    reports_open: bool,
+    assignment_changed: bool,
+    status: Arc<Status>,
+}
+
+impl Shared {
+    /// Applies every report received so far; returns how many.
+    fn apply_reports(&mut self) -> usize {
+        let mut n = 0;
+        loop {
+            match self.reports.try_recv() {
+                Ok(r) => {
+                    self.tracker.apply(&r);
+                    n += 1;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.reports_open = false;
+                    break;
+                }
+            }
+        }
+        if n > 0 {
+            self.status
+                .source
+                .set_progress(self.tracker.committed_messages(), self.tracker.in_flight());
+        }
+        n
+    }
+}
+
+struct SourceContext {
+    shared: Arc<Mutex<Shared>>,
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn topic_partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| TopicPartition {
+            topic: e.topic().into(),
+            partition: e.partition(),
+        })
+        .collect()
+}
+
+fn position_list(positions: &[(TopicPartition, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (tp, pos) in positions {
+        if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*pos)) {
+            tracing::error!(partition = %tp, error = %e, "cannot list an offset to commit");
+        }
+    }
+    tpl
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let mut s = lock(&self.shared);
+        s.apply_reports();
+        let revoked = topic_partitions(tpl);
+        let positions: Vec<(TopicPartition, i64)> = revoked
+            .iter()
+            .filter_map(|tp| s.tracker.revoke(tp).map(|p| (tp.clone(), p)))
+            .collect();
+        tracing::info!(partitions = ?revoked.iter().map(ToString::to_string).collect::<Vec<_>>(), "partitions revoked");
+        if !positions.is_empty() {
+            match consumer.commit(&position_list(&positions), CommitMode::Sync) {
+                Ok(()) => tracing::info!(?positions, "committed revoked partitions"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not commit revoked partitions; the next owner re-reads a little more")
+                }
+            }
+        }
+        s.status
+            .source
+            .set_progress(s.tracker.committed_messages(), s.tracker.in_flight());
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut s = lock(&self.shared);
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let assigned = topic_partitions(tpl);
+                tracing::info!(partitions = ?assigned.iter().map(ToString::to_string).collect::<Vec<_>>(), "partitions assigned");
+                for tp in assigned {
+                    s.tracker.assign(tp);
+                }
+                s.assignment_changed = true;
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
+        }
+        let n = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        s.status.source.set_assigned(n);
+    }
+}
+
+/// A Kafka source, connected and subscribed.
+pub struct Source {
+    consumer: BaseConsumer<SourceContext>,
+    intake: Intake,
+    control: Arc<SourceControl>,
+    paused: bool,
+    last_error: Option<(String, Instant)>,
+}
+
+/// What turns a polled message into queued work: decode, register, route.
+struct Intake {
+    shared: Arc<Mutex<Shared>>,
+    settings: SourceSettings,
+    /// `None` once stopping began: the sinks' queues are closed.
+    router: Option<Router>,
+    quarantine: Option<Quarantine>,
+    status: Arc<Status>,
+    topics: HashMap<String, Arc<str>>,
+}
+
+/// The librdkafka configuration for the consumer: auditstream's settings, then the user's
+/// `[kafka.properties]` (which cannot override the ones that guard at-least-once).
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("auto.offset.reset", "earliest");
+    for (k, v) in &kafka.properties {
+        c.set(k, v.to_string());
+    }
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    c
+}
+
+impl Source {
+    /// Creates the consumer and subscribes to the topics.
+    pub fn connect(
+        settings: SourceSettings,
+        router: Router,
+        quarantine: Quarantine,
+        reports: Receiver<Finished>,
+        control: Arc<SourceControl>,
+        status: Arc<Status>,
+    ) -> Result<Self, KafkaError> {
+        let shared = Arc::new(Mutex::new(Shared {
+            tracker: Tracker::new(),
+            reports,
+            reports_open: true,
+            assignment_changed: false,
+            status: status.clone(),
+        }));
+        let consumer: BaseConsumer<SourceContext> =
+            client_config(&settings.kafka).create_with_context(SourceContext {
+                shared: shared.clone(),
+            })?;
+        let topics: Vec<&str> = settings.kafka.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        tracing::info!(brokers = %settings.kafka.brokers, group = %settings.kafka.group_id, ?topics, "subscribed");
+        Ok(Self {
+            consumer,
+            intake: Intake {
+                shared,
+                settings,
+                router: Some(router),
+                quarantine: Some(quarantine),
+                status,
+                topics: HashMap::new(),
+            },
+            control,
+            paused: false,
+            last_error: None,
+        })
+    }
+
+    /// The poll loop. Blocks the calling thread until stopped.
+    pub fn run(mut self) {
+        loop {
+            match self.control.stage() {
+                STOP_NOW => break,
+                DRAIN if self.intake.router.is_some() => self.begin_drain(),
+                _ => {}
+            }
+            let draining = self.intake.router.is_none();
+            if !self.settle() && draining {
+                break; // every worker is done
+            }
+            let timeout = Duration::from_millis(if draining { 20 } else { 100 });
+            match self.consumer.poll(timeout) {
+                Some(Ok(m)) if !draining => self.intake.ingest(&m),
+                Some(Ok(_)) => {} // read after the stop began: not registered, so not committed
+                Some(Err(e)) => self.log_error(e),
+                None => {}
+            }
+        }
+        self.commit_final();
+    }
+
+    /// Applies reports, stores moved positions, pauses or resumes. Returns false once every
+    /// worker has finished (the report channel is closed).
+    fn settle(&mut self) -> bool {
+        let (moved, in_flight, assignment_changed, open) = {
+            let mut s = lock(&self.intake.shared);
+            let applied = s.apply_reports();
+            let moved = if applied > 0 {
+                s.tracker.take_moved()
+            } else {
+                Vec::new()
+            };
+            let changed = std::mem::take(&mut s.assignment_changed);
+            (moved, s.tracker.in_flight(), changed, s.reports_open)
+        };
+        if !moved.is_empty() {
+            if let Err(e) = self.consumer.store_offsets(&position_list(&moved)) {
+                // A partition revoked a moment ago; its position was committed on revoke.
+                tracing::debug!(error = %e, "could not store some offsets");
+            }
+        }
+        let max = self.intake.settings.max_in_flight;
+        if !self.paused && in_flight >= max {
+            self.set_paused(true);
+            tracing::info!(
+                in_flight,
+                "sinks are behind: pausing partitions (still polling, so the group membership holds)"
+            );
+        } else if self.paused && in_flight <= max / 2 && self.intake.router.is_some() {
+            self.set_paused(false);
+            tracing::info!(in_flight, "resuming partitions");
+        } else if self.paused && assignment_changed {
+            self.set_paused(true);
+        }
+        open
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        let result = self.consumer.assignment().and_then(|a| {
+            if paused {
+                self.consumer.pause(&a)
+            } else {
+                self.consumer.resume(&a)
+            }
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, paused, "could not pause/resume partitions");
+        }
+        self.paused = paused;
+        self.intake.status.source.set_paused(paused);
+    }
+
+    /// Stops reading: closes the sinks' queues so they flush and finish.
+    fn begin_drain(&mut self) {
+        tracing::info!("stopping: no more reading; sinks flush their batches");
+        self.set_paused(true);
+        self.intake.router = None;
+        self.intake.quarantine = None;
+    }
+
+    fn log_error(&mut self, e: KafkaError) {
+        let text = e.to_string();
+        let repeat = matches!(&self.last_error, Some((t, at)) if *t == text && at.elapsed() < Duration::from_secs(60));
+        if !repeat {
+            tracing::warn!(error = %text, "kafka");
+            self.last_error = Some((text, Instant::now()));
+        }
+    }
+
+    /// Commits every finished position synchronously.
+    fn commit_final(&mut self) {
+        let positions = {
+            let mut s = lock(&self.intake.shared);
+            s.apply_reports();
+            s.tracker.positions()
+        };
+        if positions.is_empty() {
+            return;
+        }
+        match self
+            .consumer
+            .commit(&position_list(&positions), CommitMode::Sync)
+        {
+            Ok(()) => tracing::info!(?positions, "committed final offsets"),
+            Err(e) => tracing::error!(error = %e, "final commit failed; the next start re-reads from the last commit"),
+        }
+    }
+}
+
+impl Intake {
+    fn ingest(&mut self, m: &BorrowedMessage<'_>) {
+        self.status.source.add_consumed();
+        let raw = copy_message(m, &mut self.topics);
+        let tp = raw.coords.topic_partition();
+        let offset = raw.coords.offset;
+        let (Some(router), Some(quarantine)) = (&self.router, &self.quarantine) else {
+            return;
+        };
+        match decode(raw, self.settings.max_event_bytes) {
+            Ok(event) => {
+                let pending = router.matching(&event);
+                if register(&self.shared, &tp, offset, pending) {
+                    router.send(Arc::new(event), pending);
+                }
+            }
+            Err((raw, why)) => {
+                if register(&self.shared, &tp, offset, Pending::of(Slot::QUARANTINE)) {
+                    self.status.source.add_rejected();
+                    metrics::counter!("auditstream_rejected_events_total", "reason" => why.kind())
+                        .increment(1);
+                    let entry = QuarantineEntry::new(&raw, None, why.kind(), why.to_string());
+                    quarantine.submit(Slot::QUARANTINE, entry);
+                }
+            }
+        }
+    }
+
+}
+
+/// Registers a message; false (and a debug line) when Kafka delivered it twice.
+fn register(shared: &Mutex<Shared>, tp: &TopicPartition, offset: i64, pending: Pending) -> bool {
+    let mut s = lock(shared);
+    match s.tracker.register(tp, offset, pending) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(partition = %tp, error = %e, "skipping a message delivered twice");
+            false
+        }
+    }
+}
+
+/// Copies a message out of librdkafka's buffer. Topic names are shared, not copied.
+fn copy_message(m: &BorrowedMessage<'_>, topics: &mut HashMap<String, Arc<str>>) -> RawMessage {
+    let topic = match topics.get(m.topic()) {
+        Some(t) => t.clone(),
+        None => {
+            let t: Arc<str> = m.topic().into();
+            topics.insert(m.topic().to_string(), t.clone());
+            t
+        }
+    };
+    RawMessage {
+        coords: Coords {
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+        },
+        timestamp_ms: m.timestamp().to_millis(),
+        key: m.key().map(Bytes::copy_from_slice),
+        headers: m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        payload: m.payload().map(Bytes::copy_from_slice),
+    }
+}

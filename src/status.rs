@@ -1,0 +1,210 @@
+//! What the running pipeline can tell about itself: each sink's state and counters, and the
+//! source's. Workers own and update their entries; everyone else (the demo's progress line,
+//! later the admin API, alerts and metrics) reads snapshots.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// A sink's health, as the contract names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkState {
+    /// Delivering normally.
+    Healthy,
+    /// A delivery failed and is being retried.
+    Retrying,
+    /// Retries are exhausted or the destination refused the data; deliveries are held.
+    Broken,
+    /// Held deliveries are being caught up.
+    Recovering,
+}
+
+impl SinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkState::Healthy => "healthy",
+            SinkState::Retrying => "retrying",
+            SinkState::Broken => "broken",
+            SinkState::Recovering => "recovering",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Health {
+    state: SinkState,
+    since: SystemTime,
+    last_error: Option<String>,
+}
+
+/// One sink's live status.
+#[derive(Debug)]
+pub struct SinkStatus {
+    pub name: String,
+    pub kind: &'static str,
+    pub destination: String,
+    health: Mutex<Health>,
+    delivered: AtomicU64,
+    quarantined: AtomicU64,
+}
+
+/// A copy of one sink's status at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkSnapshot {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub destination: String,
+    pub state: SinkState,
+    #[serde(with = "rfc3339")]
+    pub since: SystemTime,
+    pub last_error: Option<String>,
+    pub delivered_events: u64,
+    pub quarantined_events: u64,
+}
+
+impl SinkStatus {
+    pub fn new(name: &str, kind: &'static str, destination: String) -> Self {
+        Self {
+            name: name.to_string(),
+            kind,
+            destination,
+            health: Mutex::new(Health {
+                state: SinkState::Healthy,
+                since: SystemTime::now(),
+                last_error: None,
+            }),
+            delivered: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
+        }
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves to `state`; `since` changes only when the state does. Returns the previous state.
+    pub fn set_state(&self, state: SinkState, error: Option<String>) -> SinkState {
+        let mut h = self.health();
+        let before = h.state;
+        if before != state {
+            h.state = state;
+            h.since = SystemTime::now();
+        }
+        if error.is_some() {
+            h.last_error = error;
+        }
+        before
+    }
+
+    pub fn state(&self) -> SinkState {
+        self.health().state
+    }
+
+    pub fn add_delivered(&self, n: u64) {
+        self.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn add_quarantined(&self, n: u64) {
+        self.quarantined.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> SinkSnapshot {
+        let h = self.health().clone();
+        SinkSnapshot {
+            name: self.name.clone(),
+            kind: self.kind,
+            destination: self.destination.clone(),
+            state: h.state,
+            since: h.since,
+            last_error: h.last_error,
+            delivered_events: self.delivered(),
+            quarantined_events: self.quarantined(),
+        }
+    }
+}
+
+/// The source's counters.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    consumed: AtomicU64,
+    rejected: AtomicU64,
+    committable: AtomicU64,
+    in_flight: AtomicU64,
+    paused: AtomicBool,
+    assigned: AtomicU64,
+}
+
+impl SourceStatus {
+    pub fn add_consumed(&self) {
+        self.consumed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn set_progress(&self, committable: u64, in_flight: usize) {
+        self.committable.store(committable, Ordering::Relaxed);
+        self.in_flight.store(in_flight as u64, Ordering::Relaxed);
+    }
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+    pub fn set_assigned(&self, n: usize) {
+        self.assigned.store(n as u64, Ordering::Relaxed);
+    }
+    /// Messages read from Kafka.
+    pub fn consumed(&self) -> u64 {
+        self.consumed.load(Ordering::Relaxed)
+    }
+    /// Messages that could not be decoded (sent to the quarantine).
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+    /// Messages finished by everyone they were routed to, in the committable prefix.
+    pub fn committable(&self) -> u64 {
+        self.committable.load(Ordering::Relaxed)
+    }
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+    pub fn assigned(&self) -> u64 {
+        self.assigned.load(Ordering::Relaxed)
+    }
+}
+
+/// The status of the whole pipeline.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub source: SourceStatus,
+    pub sinks: Vec<Arc<SinkStatus>>,
+}
+
+impl Status {
+    pub fn sink(&self, name: &str) -> Option<&Arc<SinkStatus>> {
+        self.sinks.iter().find(|s| s.name == name)
+    }
+}
+
+mod rfc3339 {
+    use serde::Serializer;
+    use std::time::SystemTime;
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let t: chrono::DateTime<chrono::Utc> = (*t).into();
+        s.collect_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    }
+}

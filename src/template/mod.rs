@@ -1,0 +1,170 @@
+//! Templates: how each sink turns an event into the bytes it sends.
+//!
+//! Every sink's template is compiled once at start-up into one shared handlebars registry:
+//! strict mode on (a missing field is an error, not an empty string), HTML escaping off (the
+//! `json` helper is how values are quoted), and the helpers of [`helpers`]. A sink uses either a
+//! built-in format ([`formats`]) or its own template, inline or from a file.
+//!
+//! Handlebars reports unknown helpers and missing fields only when it renders, so
+//! [`Templates::compile`] also test-renders every template on a sample event: `validate` and
+//! start-up catch those mistakes before any event is read. At run time a render error
+//! quarantines that event for that sink only.
+
+pub mod formats;
+pub mod helpers;
+pub mod sample;
+
+use std::path::Path;
+
+use handlebars::Handlebars;
+use serde_json::Value;
+
+use crate::config::load::Locator;
+use crate::config::{ConfigError, RenderSpec, SinkConfig};
+use crate::event::Event;
+
+/// How one sink renders.
+#[derive(Debug, Clone)]
+enum Renderer {
+    /// `ndjson`: the event exactly as it came, on one line.
+    Passthrough,
+    /// A template registered in the shared registry under this name.
+    Template(String),
+}
+
+/// The compiled templates of every sink, indexed like `config.sinks`.
+#[derive(Debug)]
+pub struct Templates {
+    hb: Handlebars<'static>,
+    renderers: Vec<Renderer>,
+}
+
+/// A render failure for one event and one sink.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct RenderError(pub String);
+
+fn registry() -> Handlebars<'static> {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(handlebars::no_escape);
+    helpers::register(&mut hb);
+    hb
+}
+
+impl Templates {
+    /// Compiles every sink's template and test-renders it on `sample`. Errors name the sink's
+    /// key (`sinks[1].template`) and its line, found through `locator`.
+    pub fn compile(
+        sinks: &[SinkConfig],
+        sample: &Value,
+        locator: &Locator,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let mut hb = registry();
+        let mut renderers = Vec::with_capacity(sinks.len());
+        let mut errors = Vec::new();
+        for (i, sink) in sinks.iter().enumerate() {
+            let (key, source) = match &sink.render {
+                RenderSpec::Format(name) => match formats::lookup(name) {
+                    Some(formats::Format::Passthrough) => {
+                        renderers.push(Renderer::Passthrough);
+                        continue;
+                    }
+                    Some(formats::Format::Template(src)) => ("format", src.to_string()),
+                    None => {
+                        errors.push(locator.sink_error(
+                            i,
+                            "format",
+                            format!(
+                                "unknown format `{name}`; built-in formats are: {}",
+                                formats::names().join(", ")
+                            ),
+                        ));
+                        renderers.push(Renderer::Passthrough);
+                        continue;
+                    }
+                },
+                RenderSpec::Template(t) => ("template", t.clone()),
+                RenderSpec::TemplateFile(p) => match read_template(p) {
+                    Ok(t) => ("template_file", t),
+                    Err(e) => {
+                        errors.push(locator.sink_error(i, "template_file", e));
+                        renderers.push(Renderer::Passthrough);
+                        continue;
+                    }
+                },
+            };
+            let name = format!("sink:{}", sink.name);
+            if let Err(e) = hb.register_template_string(&name, &source) {
+                errors.push(locator.sink_error(i, key, format!("template does not compile: {e}")));
+            } else if let Err(e) = hb.render(&name, sample) {
+                errors.push(locator.sink_error(
+                    i,
+                    key,
+                    format!(
+                        "template fails on the sample event: {}",
+                        describe(&e)
+                    ),
+                ));
+            }
+            renderers.push(Renderer::Template(name));
+        }
+        if errors.is_empty() {
+            Ok(Self { hb, renderers })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Renders `event` for the sink at `sink` (its index in the configuration).
+    pub fn render(&self, sink: usize, event: &Event) -> Result<String, RenderError> {
+        match &self.renderers[sink] {
+            Renderer::Passthrough => Ok(passthrough(event)),
+            Renderer::Template(name) => self
+                .hb
+                .render_with_context(name, &event.data)
+                .map_err(|e| RenderError(describe(&e))),
+        }
+    }
+}
+
+/// A handlebars error in one line, with the template position when it has one.
+fn describe(e: &handlebars::RenderError) -> String {
+    let reason = match e.reason() {
+        handlebars::RenderErrorReason::MissingVariable(Some(path)) => {
+            format!("missing field `{path}` (use {{{{default {path} ...}}}} if it is optional)")
+        }
+        handlebars::RenderErrorReason::HelperNotFound(name) => {
+            format!("unknown helper `{name}`")
+        }
+        other => other.to_string(),
+    };
+    match (e.line_no, e.column_no) {
+        (Some(l), Some(c)) => format!("{reason} (template line {l}, column {c})"),
+        _ => reason,
+    }
+}
+
+fn read_template(p: &Path) -> Result<String, String> {
+    std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+}
+
+/// The event as it came, on one line. Pretty-printed input is re-serialised compactly
+/// (without the `_kafka` field that decoding added).
+fn passthrough(event: &Event) -> String {
+    let raw = event.raw_str().trim();
+    if !raw.contains(['\n', '\r']) {
+        return raw.to_string();
+    }
+    match event.value() {
+        Value::Object(map) => {
+            let original: serde_json::Map<String, Value> = map
+                .iter()
+                .filter(|(k, _)| k.as_str() != "_kafka")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Value::Object(original).to_string()
+        }
+        other => other.to_string(),
+    }
+}
