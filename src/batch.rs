@@ -266,16 +266,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_stream_flushes_by_age_and_at_the_end() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut out = Box::pin(batches(
-            tokio_stream_from(rx),
-            limits(100, 1 << 20, 1000),
-        ));
+        let mut out = Box::pin(batches(tokio_stream_from(rx), limits(100, 1 << 20, 1000)));
         tx.send((tp(0), rec(0, 1))).unwrap();
         let first = out.next().await.unwrap();
         assert_eq!(first.offsets(), vec![0], "closed by age");
         tx.send((tp(0), rec(1, 1))).unwrap();
         drop(tx);
-        assert_eq!(out.next().await.unwrap().offsets(), vec![1], "flushed at end");
+        assert_eq!(
+            out.next().await.unwrap().offsets(),
+            vec![1],
+            "flushed at end"
+        );
         assert!(out.next().await.is_none());
     }
 

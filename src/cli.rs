@@ -40,11 +40,8 @@ pub fn load(path: &Path) -> Result<(Config, Templates), ConfigErrors> {
         })?,
         None => sample::builtin(),
     };
-    let templates =
-        Templates::compile(&config.sinks, &sample, &locator).map_err(|errors| ConfigErrors {
-            origin,
-            errors,
-        })?;
+    let templates = Templates::compile(&config.sinks, &sample, &locator)
+        .map_err(|errors| ConfigErrors { origin, errors })?;
     Ok((config, templates))
 }
 
@@ -104,7 +101,10 @@ pub fn render(path: &Path, sink: &str, event: Option<&str>) -> ExitCode {
     };
     let Some(index) = config.sinks.iter().position(|s| s.name == sink) else {
         let names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
-        eprintln!("no sink named `{sink}`; the sinks are: {}", names.join(", "));
+        eprintln!(
+            "no sink named `{sink}`; the sinks are: {}",
+            names.join(", ")
+        );
         return ExitCode::from(USAGE);
     };
     let payload = match read_event(event) {

@@ -17,8 +17,13 @@ use crate::event::{Event, RawMessage};
 pub enum Rejection {
     /// The message has no value (a tombstone).
     Empty,
-    TooLarge { size: usize, max: usize },
-    NotUtf8 { valid_up_to: usize },
+    TooLarge {
+        size: usize,
+        max: usize,
+    },
+    NotUtf8 {
+        valid_up_to: usize,
+    },
     NotJson(String),
     /// Valid JSON, but not an object (the kind is `array`, `string`, `number`, ...).
     NotAnObject(&'static str),
@@ -49,7 +54,10 @@ impl fmt::Display for Rejection {
                 "the message is {size} bytes, more than pipeline.max_event_bytes ({max})"
             ),
             Rejection::NotUtf8 { valid_up_to } => {
-                write!(f, "the message is not UTF-8 (invalid byte at {valid_up_to})")
+                write!(
+                    f,
+                    "the message is not UTF-8 (invalid byte at {valid_up_to})"
+                )
             }
             Rejection::NotJson(e) => write!(f, "the message is not JSON: {e}"),
             Rejection::NotAnObject(kind) => {
@@ -170,7 +178,10 @@ mod tests {
     #[test]
     fn every_kind_of_malformed_message_is_rejected_with_its_reason() {
         assert_eq!(reject(None), Rejection::Empty);
-        assert_eq!(reject(Some(&[b'{'; 65])), Rejection::TooLarge { size: 65, max: 64 });
+        assert_eq!(
+            reject(Some(&[b'{'; 65])),
+            Rejection::TooLarge { size: 65, max: 64 }
+        );
         assert_eq!(
             reject(Some(b"{\"a\":\"\xff\"}")),
             Rejection::NotUtf8 { valid_up_to: 6 }
@@ -182,7 +193,9 @@ mod tests {
         assert_eq!(reject(Some(b"\"s\"")), Rejection::NotAnObject("string"));
         let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
         assert_eq!(
-            decode(msg(Some(deep.as_bytes())), usize::MAX).unwrap_err().1,
+            decode(msg(Some(deep.as_bytes())), usize::MAX)
+                .unwrap_err()
+                .1,
             Rejection::TooDeep
         );
     }

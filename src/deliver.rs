@@ -54,10 +54,9 @@ impl Worker {
     pub async fn run(self, queue: UnboundedReceiver<Arc<Event>>) {
         let this = Arc::new(self);
         let render = this.clone();
-        let records = futures::stream::unfold(queue, |mut q| async move {
-            q.recv().await.map(|e| (e, q))
-        })
-        .filter_map(move |event| futures::future::ready(render.render(&event)));
+        let records =
+            futures::stream::unfold(queue, |mut q| async move { q.recv().await.map(|e| (e, q)) })
+                .filter_map(move |event| futures::future::ready(render.render(&event)));
         batch::batches(records, this.batch)
             .for_each(|b| {
                 let this = this.clone();

@@ -45,7 +45,11 @@ pub async fn run(opts: DemoOptions, shutdown: Shutdown) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", config_path.display()))?;
     let (config, templates) = cli::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let produced = produce(&kafka, opts.events, config.pipeline.max_event_bytes.as_usize())?;
+    let produced = produce(
+        &kafka,
+        opts.events,
+        config.pipeline.max_event_bytes.as_usize(),
+    )?;
     eprintln!(
         "demo: {} audit events and {} malformed messages are in Kafka topic `{TOPIC}` (4 partitions)",
         produced.events, produced.malformed
@@ -76,7 +80,13 @@ pub async fn run(opts: DemoOptions, shutdown: Shutdown) -> anyhow::Result<()> {
             status.source.committable()
         );
     }
-    print_summary(&status, &produced, &outputs, &config_path, started.elapsed());
+    print_summary(
+        &status,
+        &produced,
+        &outputs,
+        &config_path,
+        started.elapsed(),
+    );
     Ok(())
 }
 
@@ -113,7 +123,11 @@ impl Produced {
     }
 }
 
-fn produce(kafka: &EmbeddedKafka, events: usize, max_event_bytes: usize) -> anyhow::Result<Produced> {
+fn produce(
+    kafka: &EmbeddedKafka,
+    events: usize,
+    max_event_bytes: usize,
+) -> anyhow::Result<Produced> {
     let mut generator = Generator::new(2026, 6);
     let bad = malformed(max_event_bytes);
     // Spread the malformed messages through the stream, so good events surround them.
@@ -121,7 +135,12 @@ fn produce(kafka: &EmbeddedKafka, events: usize, max_event_bytes: usize) -> anyh
     let mut bad_iter = bad.iter();
     for i in 0..events {
         let (key, event) = generator.next_event();
-        kafka.send(TOPIC, None, Some(key.as_bytes()), Some(event.to_string().as_bytes()))?;
+        kafka.send(
+            TOPIC,
+            None,
+            Some(key.as_bytes()),
+            Some(event.to_string().as_bytes()),
+        )?;
         if i % every == every - 1 {
             if let Some((_, payload)) = bad_iter.next() {
                 kafka.send(TOPIC, None, Some(b"malformed"), payload.as_deref())?;
@@ -138,7 +157,12 @@ fn produce(kafka: &EmbeddedKafka, events: usize, max_event_bytes: usize) -> anyh
         "action": "system.heartbeat", "outcome": "success",
         "entity": {"type": "workspace", "id": "ws-1"}
     });
-    kafka.send(TOPIC, None, Some(b"ws-1"), Some(headless.to_string().as_bytes()))?;
+    kafka.send(
+        TOPIC,
+        None,
+        Some(b"ws-1"),
+        Some(headless.to_string().as_bytes()),
+    )?;
     kafka.flush()?;
     Ok(Produced {
         events,
@@ -205,7 +229,10 @@ fn print_summary(
         took.as_secs_f64()
     );
     println!();
-    println!("  {:<10} {:<6} {:>10} {:>12}  output", "sink", "type", "delivered", "quarantined");
+    println!(
+        "  {:<10} {:<6} {:>10} {:>12}  output",
+        "sink", "type", "delivered", "quarantined"
+    );
     for (s, (_, out)) in status.sinks.iter().zip(outputs) {
         println!(
             "  {:<10} {:<6} {:>10} {:>12}  {out}",
@@ -234,7 +261,9 @@ fn print_summary(
     println!("  auditstream render --config {config} --sink siem      (the siem template on a sample event)");
     println!();
     println!("Point it at your own Kafka:");
-    println!("  cp {config} my.toml   # set kafka.brokers and kafka.topics, keep or change the sinks");
+    println!(
+        "  cp {config} my.toml   # set kafka.brokers and kafka.topics, keep or change the sinks"
+    );
     println!("  auditstream validate --config my.toml && auditstream run --config my.toml");
     println!("  (every option: config/auditstream.example.toml; TLS and SASL: README.md)");
 }

@@ -120,11 +120,22 @@ mod tests {
     #[test]
     fn all_rules_must_match_and_any_glob_in_a_list() {
         let f = filter(r#"{ action = "secret.*", "actor.type" = ["user", "ai_*"] }"#);
-        assert!(f.matches(&event(r#"{"action":"secret.rotated","actor":{"type":"user"}}"#)));
-        assert!(f.matches(&event(r#"{"action":"secret.read","actor":{"type":"ai_agent"}}"#)));
-        assert!(!f.matches(&event(r#"{"action":"recipe.updated","actor":{"type":"user"}}"#)));
-        assert!(!f.matches(&event(r#"{"action":"secret.read","actor":{"type":"system"}}"#)));
-        assert!(!f.matches(&event(r#"{"action":"secret.read"}"#)), "missing field");
+        assert!(f.matches(&event(
+            r#"{"action":"secret.rotated","actor":{"type":"user"}}"#
+        )));
+        assert!(f.matches(&event(
+            r#"{"action":"secret.read","actor":{"type":"ai_agent"}}"#
+        )));
+        assert!(!f.matches(&event(
+            r#"{"action":"recipe.updated","actor":{"type":"user"}}"#
+        )));
+        assert!(!f.matches(&event(
+            r#"{"action":"secret.read","actor":{"type":"system"}}"#
+        )));
+        assert!(
+            !f.matches(&event(r#"{"action":"secret.read"}"#)),
+            "missing field"
+        );
     }
 
     #[test]

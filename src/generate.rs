@@ -32,23 +32,83 @@ const API_KEYS: &[(&str, &str)] = &[("key-3f2a", "ci-deploy"), ("key-88c1", "ter
 /// (action, entity type, changed field, values)
 const ACTIONS: &[(&str, &str, &str, &[&str])] = &[
     ("recipe.created", "recipe", "status", &["draft"]),
-    ("recipe.updated", "recipe", "status", &["stopped", "running", "draft"]),
-    ("recipe.started", "recipe", "status", &["stopped", "running"]),
-    ("recipe.stopped", "recipe", "status", &["running", "stopped"]),
+    (
+        "recipe.updated",
+        "recipe",
+        "status",
+        &["stopped", "running", "draft"],
+    ),
+    (
+        "recipe.started",
+        "recipe",
+        "status",
+        &["stopped", "running"],
+    ),
+    (
+        "recipe.stopped",
+        "recipe",
+        "status",
+        &["running", "stopped"],
+    ),
     ("recipe.deleted", "recipe", "deleted", &["false", "true"]),
-    ("connection.created", "connection", "auth_type", &["oauth2", "api_key"]),
-    ("connection.updated", "connection", "scopes", &["read", "read write", "admin"]),
-    ("user.login", "user", "last_login_ip", &["10.0.0.1", "10.0.3.7"]),
+    (
+        "connection.created",
+        "connection",
+        "auth_type",
+        &["oauth2", "api_key"],
+    ),
+    (
+        "connection.updated",
+        "connection",
+        "scopes",
+        &["read", "read write", "admin"],
+    ),
+    (
+        "user.login",
+        "user",
+        "last_login_ip",
+        &["10.0.0.1", "10.0.3.7"],
+    ),
     ("user.logout", "user", "session", &["active", "ended"]),
-    ("user.invited", "user", "role", &["none", "viewer", "analyst"]),
-    ("user.role_changed", "user", "role", &["viewer", "operator", "admin"]),
+    (
+        "user.invited",
+        "user",
+        "role",
+        &["none", "viewer", "analyst"],
+    ),
+    (
+        "user.role_changed",
+        "user",
+        "role",
+        &["viewer", "operator", "admin"],
+    ),
     ("secret.created", "secret", "version", &["0", "1"]),
     ("secret.rotated", "secret", "version", &["3", "4", "5"]),
-    ("secret.accessed", "secret", "last_accessed_by", &["-", "rcp-204"]),
-    ("workspace.settings_updated", "workspace", "retention_days", &["90", "365", "2555"]),
+    (
+        "secret.accessed",
+        "secret",
+        "last_accessed_by",
+        &["-", "rcp-204"],
+    ),
+    (
+        "workspace.settings_updated",
+        "workspace",
+        "retention_days",
+        &["90", "365", "2555"],
+    ),
     ("api_key.created", "api_key", "scopes", &["read", "deploy"]),
-    ("api_key.revoked", "api_key", "status", &["active", "revoked"]),
-    ("agent.tool_called", "tool", "approval", &["pending", "approved", "denied"]),
+    (
+        "api_key.revoked",
+        "api_key",
+        "status",
+        &["active", "revoked"],
+    ),
+    (
+        "agent.tool_called",
+        "tool",
+        "approval",
+        &["pending", "approved", "denied"],
+    ),
 ];
 const USER_AGENTS: &[&str] = &[
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 Safari/605.1.15",
@@ -150,7 +210,10 @@ pub fn malformed(max_event_bytes: usize) -> Vec<(&'static str, Option<Vec<u8>>)>
     let too_large = format!("{{\"pad\":\"{}\"}}", "x".repeat(max_event_bytes + 1));
     let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
     vec![
-        ("not_json", Some(b"user=ada action=login (not JSON)".to_vec())),
+        (
+            "not_json",
+            Some(b"user=ada action=login (not JSON)".to_vec()),
+        ),
         ("not_an_object", Some(b"[\"an\", \"array\"]".to_vec())),
         ("not_an_object", Some(b"42".to_vec())),
         ("not_utf8", Some(b"{\"actor\":\"\xff\xfe\"}".to_vec())),

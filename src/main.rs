@@ -110,7 +110,7 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::FAILURE);
         }
     };
-    match args.command {
+    let code = match args.command {
         Command::Run { config } => runtime.block_on(cli::run(&config)),
         Command::Validate { config } => cli::validate(&config),
         Command::Render {
@@ -125,5 +125,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo { events, out } => runtime.block_on(cli::demo(events, out)),
-    }
+    };
+    // A write stuck on a destination that stopped reading must not keep the process alive
+    // after an immediate stop; everything that matters was committed or not by now.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }

@@ -352,7 +352,8 @@ mod tests {
     #[test]
     fn quarantine_is_its_own_slot() {
         let mut t = Tracker::new();
-        t.register(&tp(0), 0, Pending::of(Slot::QUARANTINE)).unwrap();
+        t.register(&tp(0), 0, Pending::of(Slot::QUARANTINE))
+            .unwrap();
         t.finish(&tp(0), 0, Slot::sink(0).unwrap());
         assert_eq!(t.position(&tp(0)), None);
         t.finish(&tp(0), 0, Slot::QUARANTINE);

@@ -44,8 +44,7 @@ impl Pipeline {
         let mut sinks = Vec::with_capacity(config.sinks.len());
         let mut statuses = Vec::with_capacity(config.sinks.len());
         for sc in &config.sinks {
-            let sink =
-                sink::build(sc).with_context(|| format!("starting sink `{}`", sc.name))?;
+            let sink = sink::build(sc).with_context(|| format!("starting sink `{}`", sc.name))?;
             statuses.push(Arc::new(SinkStatus::new(
                 &sc.name,
                 sc.type_name(),

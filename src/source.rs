@@ -238,8 +238,8 @@ impl Source {
             assignment_changed: false,
             status: status.clone(),
         }));
-        let consumer: BaseConsumer<SourceContext> =
-            client_config(&settings.kafka).create_with_context(SourceContext {
+        let consumer: BaseConsumer<SourceContext> = client_config(&settings.kafka)
+            .create_with_context(SourceContext {
                 shared: shared.clone(),
             })?;
         let topics: Vec<&str> = settings.kafka.topics.iter().map(String::as_str).collect();
@@ -367,7 +367,9 @@ impl Source {
             .commit(&position_list(&positions), CommitMode::Sync)
         {
             Ok(()) => tracing::info!(?positions, "committed final offsets"),
-            Err(e) => tracing::error!(error = %e, "final commit failed; the next start re-reads from the last commit"),
+            Err(e) => {
+                tracing::error!(error = %e, "final commit failed; the next start re-reads from the last commit")
+            }
         }
     }
 }
@@ -399,7 +401,6 @@ impl Intake {
             }
         }
     }
-
 }
 
 /// Registers a message; false (and a debug line) when Kafka delivered it twice.

@@ -271,7 +271,10 @@ impl Loader {
             self.error(&root.key("kafka"), "missing: a [kafka] section is required");
         }
         if sinks.is_none() && !self.errors.iter().any(|e| e.path.starts_with("sinks")) {
-            self.error(&root.key("sinks"), "missing: at least one [[sinks]] is required");
+            self.error(
+                &root.key("sinks"),
+                "missing: at least one [[sinks]] is required",
+            );
         }
         let config = Config {
             kafka: kafka?,
@@ -498,10 +501,7 @@ impl Loader {
             }
             for (field, globs) in &s.filter {
                 if globs.patterns().is_empty() {
-                    self.error(
-                        &p.key("filter").key(field),
-                        "give at least one pattern",
-                    );
+                    self.error(&p.key("filter").key(field), "give at least one pattern");
                 }
             }
             if let SinkKind::File(f) = &s.kind {
@@ -637,7 +637,9 @@ path = "out/archive.ndjson"
         assert_eq!(interpolate_str("${EMPTY:-d}", &env).unwrap(), "d");
         assert_eq!(interpolate_str("$${BROKERS}", &env).unwrap(), "${BROKERS}");
         assert_eq!(interpolate_str("cost $5", &env).unwrap(), "cost $5");
-        assert!(interpolate_str("${NOPE}", &env).unwrap_err().contains("NOPE"));
+        assert!(interpolate_str("${NOPE}", &env)
+            .unwrap_err()
+            .contains("NOPE"));
         assert!(interpolate_str("${BROKERS", &env).is_err());
         assert!(interpolate_str("${1X}", &env).is_err());
     }
@@ -690,7 +692,9 @@ bucket = "nope"
 
     #[test]
     fn syntax_error_has_a_line() {
-        let errs = parse("[kafka]\nbrokers = \"x\"\ntopics = [\n").unwrap_err().errors;
+        let errs = parse("[kafka]\nbrokers = \"x\"\ntopics = [\n")
+            .unwrap_err()
+            .errors;
         assert_eq!(errs.len(), 1);
         assert!(errs[0].line.is_some());
         assert!(errs[0].message.contains("not valid TOML"));

@@ -91,7 +91,9 @@ impl FromStr for ByteSize {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         if t.is_empty() || t.starts_with('-') {
-            return Err(format!("invalid size `{s}`; write it like 512KiB, 10MiB or 1GiB"));
+            return Err(format!(
+                "invalid size `{s}`; write it like 512KiB, 10MiB or 1GiB"
+            ));
         }
         t.parse::<bytesize::ByteSize>()
             .map(|b| Self(b.as_u64()))

@@ -27,7 +27,10 @@ pub fn encode(payload: &[u8]) -> Vec<u8> {
 pub fn decode(key: u64, frame: &[u8]) -> Result<&[u8], CorruptEntry> {
     let bad = |reason: String| CorruptEntry { key, reason };
     if frame.len() < HEADER {
-        return Err(bad(format!("{} bytes is shorter than a header", frame.len())));
+        return Err(bad(format!(
+            "{} bytes is shorter than a header",
+            frame.len()
+        )));
     }
     if frame[0] != VERSION {
         return Err(bad(format!("unknown format version {}", frame[0])));

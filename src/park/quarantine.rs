@@ -61,8 +61,7 @@ impl QuarantineEntry {
             },
         };
         Self {
-            quarantined_at: chrono::Utc::now()
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            quarantined_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             sink: sink.map(str::to_string),
             kind: kind.to_string(),
             reason,

@@ -76,7 +76,10 @@ impl FileState {
             self.reopen()?;
         }
         let before = self.size;
-        let file = self.file.as_mut().ok_or_else(|| io::Error::other("file not open"))?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("file not open"))?;
         let result = file.write_all(bytes).and_then(|_| file.sync_data());
         match result {
             Ok(()) => {

@@ -184,7 +184,11 @@ mod tests {
     #[test]
     fn json_always_emits_valid_json() {
         let data = json!({"s": "a\"b\\c\n</script>", "o": {"k": [1, null]}, "n": 1.5});
-        let out = render(r#"{"s":{{json s}},"o":{{json o}},"n":{{json n}}}"#, data.clone()).unwrap();
+        let out = render(
+            r#"{"s":{{json s}},"o":{{json o}},"n":{{json n}}}"#,
+            data.clone(),
+        )
+        .unwrap();
         let back: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(back, data);
     }
@@ -193,18 +197,38 @@ mod tests {
     fn strict_mode_reports_missing_fields_unless_defaulted() {
         let data = json!({"actor": {"id": "u-1"}});
         assert!(render("{{actor.name}}", data.clone()).is_err());
-        assert!(render("{{json actor.name}}", data.clone()).unwrap_err().contains("actor.name"));
-        assert_eq!(render("{{default actor.name \"anon\"}}", data.clone()).unwrap(), "anon");
-        assert_eq!(render("{{json (default actor.name null)}}", data.clone()).unwrap(), "null");
-        assert_eq!(render("{{default actor.id \"anon\"}}", data).unwrap(), "u-1");
+        assert!(render("{{json actor.name}}", data.clone())
+            .unwrap_err()
+            .contains("actor.name"));
+        assert_eq!(
+            render("{{default actor.name \"anon\"}}", data.clone()).unwrap(),
+            "anon"
+        );
+        assert_eq!(
+            render("{{json (default actor.name null)}}", data.clone()).unwrap(),
+            "null"
+        );
+        assert_eq!(
+            render("{{default actor.id \"anon\"}}", data).unwrap(),
+            "u-1"
+        );
     }
 
     #[test]
     fn date_formats_rfc3339_and_epochs_in_utc() {
         let data = json!({"t": "2024-03-01T23:30:00+02:00", "s": 1_700_000_000, "ms": 1_700_000_000_123_i64});
-        assert_eq!(render("{{date t \"%Y/%m/%d/%H\"}}", data.clone()).unwrap(), "2024/03/01/21");
-        assert_eq!(render("{{date s \"%F %T\"}}", data.clone()).unwrap(), "2023-11-14 22:13:20");
-        assert_eq!(render("{{date ms}}", data.clone()).unwrap(), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            render("{{date t \"%Y/%m/%d/%H\"}}", data.clone()).unwrap(),
+            "2024/03/01/21"
+        );
+        assert_eq!(
+            render("{{date s \"%F %T\"}}", data.clone()).unwrap(),
+            "2023-11-14 22:13:20"
+        );
+        assert_eq!(
+            render("{{date ms}}", data.clone()).unwrap(),
+            "2023-11-14T22:13:20.123Z"
+        );
         assert!(render("{{date t \"%Q\"}}", data.clone()).is_err());
         assert!(render("{{date t \"%\"}}", data).is_err());
     }
@@ -212,8 +236,14 @@ mod tests {
     #[test]
     fn text_helpers() {
         let data = json!({"a": "Recipe.Updated", "u": "héllo wörld"});
-        assert_eq!(render("{{upper a}} {{lower a}}", data.clone()).unwrap(), "RECIPE.UPDATED recipe.updated");
-        assert_eq!(render("{{truncate u 5 \"…\"}}", data.clone()).unwrap(), "héllo…");
+        assert_eq!(
+            render("{{upper a}} {{lower a}}", data.clone()).unwrap(),
+            "RECIPE.UPDATED recipe.updated"
+        );
+        assert_eq!(
+            render("{{truncate u 5 \"…\"}}", data.clone()).unwrap(),
+            "héllo…"
+        );
         assert_eq!(render("{{truncate u 50}}", data).unwrap(), "héllo wörld");
     }
 }

@@ -101,10 +101,7 @@ impl Templates {
                 errors.push(locator.sink_error(
                     i,
                     key,
-                    format!(
-                        "template fails on the sample event: {}",
-                        describe(&e)
-                    ),
+                    format!("template fails on the sample event: {}", describe(&e)),
                 ));
             }
             renderers.push(Renderer::Template(name));

@@ -1,0 +1,276 @@
+//! Shared helpers for the integration tests: a Kafka cluster on loopback, generated events,
+//! the daemon as a real child process, and readers for what the sinks wrote.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use auditstream::embedded_kafka::EmbeddedKafka;
+use auditstream::generate::Generator;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+/// Waits for `cond` to hold, checking every 50 ms, failing the test after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Produces `n` generated events (keyed by workspace); returns (seq -> id) in production order.
+pub fn produce_events(kafka: &EmbeddedKafka, topic: &str, seed: u64, n: usize) -> Vec<String> {
+    let mut g = Generator::new(seed, 8);
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (key, event) = g.next_event();
+        ids.push(event["id"].as_str().unwrap().to_string());
+        kafka
+            .send(
+                topic,
+                None,
+                Some(key.as_bytes()),
+                Some(event.to_string().as_bytes()),
+            )
+            .unwrap();
+    }
+    kafka.flush().unwrap();
+    ids
+}
+
+/// A record a sink wrote, read back from a file sink whose template includes the coordinates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    pub id: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Reads a file sink written with the `coords` template (see [`COORDS_TEMPLATE`]), including
+/// rotated files in order. Only complete lines count.
+pub fn read_seen(path: &Path) -> Vec<Seen> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            let mut rotated: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.strip_prefix(name))
+                        .and_then(|s| s.strip_prefix('.'))
+                        .is_some_and(|s| s.parse::<u32>().is_ok())
+                })
+                .collect();
+            rotated.sort();
+            files.extend(rotated);
+        }
+    }
+    files.push(path.to_path_buf());
+    let mut out = Vec::new();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        let complete = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
+        for line in complete.lines() {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", f.display()));
+            out.push(Seen {
+                id: v["id"].as_str().unwrap_or_default().to_string(),
+                partition: v["p"].as_i64().unwrap() as i32,
+                offset: v["o"].as_i64().unwrap(),
+            });
+        }
+    }
+    out
+}
+
+/// A template that keeps what the tests check: the event id and its Kafka coordinates.
+pub const COORDS_TEMPLATE: &str = r#"{"id":{{json (default id "")}},"p":{{_kafka.partition}},"o":{{_kafka.offset}},"action":{{json (default action "")}}}"#;
+
+/// Checks that within each partition the offsets a sink wrote never go backwards, except where
+/// a restart re-delivers from an earlier committed offset (allowed with `allow_rewind`).
+pub fn assert_ordered_per_partition(seen: &[Seen], allow_rewind: bool) {
+    let mut last: HashMap<i32, i64> = HashMap::new();
+    for s in seen {
+        if let Some(prev) = last.get(&s.partition) {
+            if !allow_rewind {
+                assert!(
+                    s.offset > *prev,
+                    "partition {} went from offset {prev} to {}",
+                    s.partition,
+                    s.offset
+                );
+            }
+        }
+        last.insert(s.partition, s.offset);
+    }
+}
+
+/// Asserts every id arrived at least once; returns how many arrived more than once.
+pub fn assert_all_arrived(ids: &[String], seen: &[Seen]) -> usize {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for s in seen {
+        *count.entry(s.id.as_str()).or_default() += 1;
+    }
+    let missing: Vec<&String> = ids
+        .iter()
+        .filter(|id| !count.contains_key(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} events never arrived, e.g. {:?}",
+        missing.len(),
+        ids.len(),
+        &missing[..missing.len().min(5)]
+    );
+    count.values().filter(|c| **c > 1).count()
+}
+
+/// The committed offsets of `group` on `topic`'s partitions `0..partitions`.
+pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    got.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A daemon running as a child process, its stderr in a log file.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, log: &Path) -> Daemon {
+        Self::start_with_stdout(config, log, Stdio::null())
+    }
+
+    /// Starts with stdout connected as given (`Stdio::piped()` to read a stdout sink).
+    pub fn start_with_stdout(config: &Path, log: &Path, stdout: Stdio) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_auditstream"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code (None when killed by a signal).
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "daemon did not exit within {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config file for a daemon reading `topic` from `brokers`, with file sinks named in
+/// `sinks` (name, extra TOML lines) writing under `dir`.
+pub fn write_config(
+    dir: &Path,
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    extra_pipeline: &str,
+    sinks: &[(&str, &str)],
+) -> PathBuf {
+    let mut text = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+topics = ["{topic}"]
+[kafka.properties]
+"auto.commit.interval.ms" = 200
+"session.timeout.ms" = 6000
+"heartbeat.interval.ms" = 500
+
+[pipeline]
+shutdown_timeout = "20s"
+{extra_pipeline}
+
+[park]
+path = "{park}"
+"#,
+        park = dir.join("park").display()
+    );
+    for (name, extra) in sinks {
+        text.push_str(&format!(
+            r#"
+[[sinks]]
+name = "{name}"
+type = "file"
+path = "{path}"
+template = '{COORDS_TEMPLATE}'
+{extra}
+[sinks.batch]
+max_events = 200
+max_age = "100ms"
+"#,
+            path = dir.join(format!("{name}.jsonl")).display()
+        ));
+    }
+    let path = dir.join("auditstream.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}

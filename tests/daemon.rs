@@ -1,0 +1,365 @@
+//! The daemon as a real child process against an in-process Kafka cluster on loopback:
+//! stopped mid-stream by SIGTERM and by kill -9 and started again, two daemons in one group,
+//! a slow sink that makes the source pause, and a second signal that stops at once.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use auditstream::embedded_kafka::EmbeddedKafka;
+use auditstream::generate::Generator;
+use common::*;
+
+const TOPIC: &str = "audit";
+const LONG: Duration = Duration::from_secs(60);
+
+/// Produces `n` events at about `per_sec`, returning their ids in order.
+fn produce_paced(kafka: &EmbeddedKafka, seed: u64, n: usize, per_sec: usize) -> Vec<String> {
+    produce_counted(kafka, seed, n, per_sec, &AtomicUsize::new(0))
+}
+
+/// As [`produce_paced`], counting in `produced` what the cluster has acknowledged.
+fn produce_counted(
+    kafka: &EmbeddedKafka,
+    seed: u64,
+    n: usize,
+    per_sec: usize,
+    produced: &AtomicUsize,
+) -> Vec<String> {
+    let mut g = Generator::new(seed, 8);
+    let mut ids = Vec::with_capacity(n);
+    let chunk = (per_sec / 20).max(1);
+    for i in 0..n {
+        let (key, e) = g.next_event();
+        ids.push(e["id"].as_str().unwrap().to_string());
+        kafka
+            .send(
+                TOPIC,
+                None,
+                Some(key.as_bytes()),
+                Some(e.to_string().as_bytes()),
+            )
+            .unwrap();
+        if i % chunk == chunk - 1 {
+            kafka.flush().unwrap();
+            produced.store(i + 1, Ordering::SeqCst);
+            // Pacing the producer, not waiting for a condition.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    kafka.flush().unwrap();
+    produced.store(n, Ordering::SeqCst);
+    ids
+}
+
+fn lines(path: &std::path::Path) -> usize {
+    read_seen(path).len()
+}
+
+#[test]
+fn sigterm_mid_stream_commits_what_was_delivered_and_restart_resumes_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 4).unwrap();
+    let brokers = kafka.bootstrap_servers().to_string();
+    let config = write_config(dir.path(), &brokers, "g-term", TOPIC, "", &[("out", "")]);
+    let out = dir.path().join("out.jsonl");
+
+    std::thread::scope(|s| {
+        let producer = s.spawn(|| produce_paced(&kafka, 1, 3000, 1500));
+        let mut d = Daemon::start(&config, &dir.path().join("run1.log"));
+        wait_for("first events delivered", LONG, || lines(&out) >= 600);
+        d.signal(libc::SIGTERM);
+        assert_eq!(d.wait(LONG), Some(0), "clean stop; log:\n{}", d.log_text());
+        assert!(d.log_text().contains("committed final offsets"));
+
+        // A graceful stop delivers what it read and commits exactly that.
+        let first = read_seen(&out);
+        let committed_at_stop = committed(&brokers, "g-term", TOPIC, 4);
+        assert_eq!(
+            committed_at_stop.values().sum::<i64>() as usize,
+            first.len(),
+            "committed {committed_at_stop:?}"
+        );
+        assert!(first.len() < 3000, "stopped mid-stream");
+
+        let mut d = Daemon::start(&config, &dir.path().join("run2.log"));
+        let ids = producer.join().unwrap();
+        wait_for("every event delivered", LONG, || lines(&out) >= ids.len());
+        d.signal(libc::SIGTERM);
+        assert_eq!(d.wait(LONG), Some(0));
+        let seen = read_seen(&out);
+        assert_eq!(
+            assert_all_arrived(&ids, &seen),
+            0,
+            "resumed at the commit: no duplicates"
+        );
+        assert_ordered_per_partition(&seen, false);
+    });
+}
+
+#[test]
+fn kill_dash_nine_mid_stream_loses_nothing_and_restart_resumes_from_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 4).unwrap();
+    let brokers = kafka.bootstrap_servers().to_string();
+    let config = write_config(dir.path(), &brokers, "g-kill", TOPIC, "", &[("out", "")]);
+    // Batches close by age only: at any moment about a second of events is read but not yet
+    // delivered, which a commit made too early would lose at the kill.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "max_events = 200\nmax_age = \"100ms\"",
+        "max_events = 100000\nmax_age = \"1s\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = dir.path().join("out.jsonl");
+
+    let produced = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let producer = s.spawn(|| produce_counted(&kafka, 2, 5000, 800, &produced));
+        let mut resumed_somewhere = false;
+        for (round, at) in [500usize, 1500, 2500].into_iter().enumerate() {
+            let mut d = Daemon::start(&config, &dir.path().join(format!("run{round}.log")));
+            wait_for("events delivered", LONG, || lines(&out) >= at);
+            // Kill at a moment unrelated to the last write.
+            std::thread::sleep(Duration::from_millis(fastrand::u64(100..900)));
+            d.signal(libc::SIGKILL);
+            assert_eq!(d.wait(LONG), None, "killed by the signal");
+
+            let before = lines(&out);
+            let committed_at_kill = committed(&brokers, "g-kill", TOPIC, 4);
+            // Nothing was committed that had not been delivered: every offset below each
+            // partition's commit is in the file.
+            let delivered: BTreeSet<(i32, i64)> = read_seen(&out)
+                .iter()
+                .map(|s| (s.partition, s.offset))
+                .collect();
+            for (p, c) in &committed_at_kill {
+                let missing: Vec<i64> =
+                    (0..*c).filter(|o| !delivered.contains(&(*p, *o))).collect();
+                assert!(
+                    missing.is_empty(),
+                    "partition {p} committed up to {c} but offsets {:?}... were never delivered",
+                    &missing[..missing.len().min(5)]
+                );
+            }
+            resumed_somewhere |= committed_at_kill.values().any(|o| *o > 0);
+
+            // The next run starts exactly at each partition's committed offset: let it catch
+            // up with what is in Kafka now, then compare.
+            let target = produced.load(Ordering::SeqCst) as i64;
+            let mut d = Daemon::start(&config, &dir.path().join(format!("check{round}.log")));
+            wait_for("the restart to catch up", LONG, || {
+                committed(&brokers, "g-kill", TOPIC, 4)
+                    .values()
+                    .sum::<i64>()
+                    >= target
+            });
+            d.signal(libc::SIGTERM);
+            assert_eq!(d.wait(LONG), Some(0));
+            let after = read_seen(&out);
+            let second = &after[before..];
+            assert_ordered_per_partition(second, false);
+            let mut first_offset: BTreeMap<i32, i64> = BTreeMap::new();
+            for s in second {
+                first_offset.entry(s.partition).or_insert(s.offset);
+            }
+            for (p, o) in first_offset {
+                let c = committed_at_kill.get(&p).copied().unwrap_or(0);
+                assert_eq!(o, c, "partition {p} resumed at {o}, committed was {c}");
+            }
+        }
+        assert!(
+            resumed_somewhere,
+            "some offsets were committed before a kill"
+        );
+
+        let mut d = Daemon::start(&config, &dir.path().join("final.log"));
+        let ids = producer.join().unwrap();
+        wait_for("every event delivered", LONG, || {
+            let seen = read_seen(&out);
+            let got: BTreeSet<&str> = seen.iter().map(|s| s.id.as_str()).collect();
+            ids.iter().all(|id| got.contains(id.as_str()))
+        });
+        d.signal(libc::SIGTERM);
+        assert_eq!(d.wait(LONG), Some(0));
+        let seen = read_seen(&out);
+        let dups = assert_all_arrived(&ids, &seen);
+        eprintln!(
+            "{} events, {} delivered more than once after three kill -9",
+            ids.len(),
+            dups
+        );
+    });
+}
+
+#[test]
+fn two_daemons_split_the_partitions_and_one_takes_over_without_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 4).unwrap();
+    let brokers = kafka.bootstrap_servers().to_string();
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let ca = write_config(&da, &brokers, "g-pair", TOPIC, "", &[("out", "")]);
+    let cb = write_config(&db, &brokers, "g-pair", TOPIC, "", &[("out", "")]);
+    let (oa, ob) = (da.join("out.jsonl"), db.join("out.jsonl"));
+
+    std::thread::scope(|s| {
+        let producer = s.spawn(|| produce_paced(&kafka, 3, 6000, 1000));
+        let mut a = Daemon::start(&ca, &dir.path().join("a.log"));
+        let mut b = Daemon::start(&cb, &dir.path().join("b.log"));
+        wait_for("both daemons deliver", LONG, || {
+            lines(&oa) > 100 && lines(&ob) > 100
+        });
+        let pa: BTreeSet<i32> = read_seen(&oa).iter().map(|s| s.partition).collect();
+        let pb: BTreeSet<i32> = read_seen(&ob).iter().map(|s| s.partition).collect();
+        assert!(!pa.is_empty() && !pb.is_empty(), "split: a {pa:?} b {pb:?}");
+
+        // a dies without warning; b must take over a's partitions from a's commits.
+        a.signal(libc::SIGKILL);
+        a.wait(LONG);
+        let b_before = lines(&ob);
+        let ids = producer.join().unwrap();
+        wait_for(
+            "every event delivered by a or b",
+            Duration::from_secs(90),
+            || {
+                let mut got: BTreeSet<String> = read_seen(&oa).into_iter().map(|s| s.id).collect();
+                got.extend(read_seen(&ob).into_iter().map(|s| s.id));
+                ids.iter().all(|id| got.contains(id))
+            },
+        );
+        let after: BTreeSet<i32> = read_seen(&ob)[b_before..]
+            .iter()
+            .map(|s| s.partition)
+            .collect();
+        assert_eq!(after, (0..4).collect(), "b took every partition");
+        b.signal(libc::SIGTERM);
+        assert_eq!(b.wait(LONG), Some(0));
+        let mut all = read_seen(&oa);
+        all.extend(read_seen(&ob));
+        assert_all_arrived(&ids, &all);
+    });
+}
+
+#[test]
+fn a_slow_sink_pauses_the_partitions_and_the_consumer_stays_in_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 4).unwrap();
+    let brokers = kafka.bootstrap_servers().to_string();
+    let ids = produce_events(&kafka, TOPIC, 4, 2000);
+    let config = write_config(
+        dir.path(),
+        &brokers,
+        "g-slow",
+        TOPIC,
+        "max_in_flight_events = 100",
+        &[],
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace(
+        "\"heartbeat.interval.ms\" = 500",
+        "\"heartbeat.interval.ms\" = 500\n\"max.poll.interval.ms\" = 7000",
+    );
+    text.push_str(&format!(
+        "\n[[sinks]]\nname = \"slow\"\ntype = \"stdout\"\ntemplate = '{COORDS_TEMPLATE}'\n[sinks.batch]\nmax_events = 20\nmax_age = \"50ms\"\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+
+    let mut d = Daemon::start_with_stdout(&config, &dir.path().join("run.log"), Stdio::piped());
+    let stdout = d.child.stdout.take().unwrap();
+    // Read slowly: 2000 lines at about 200 a second is longer than max.poll.interval.ms.
+    let mut seen = Vec::new();
+    for (i, line) in BufReader::new(stdout).lines().enumerate() {
+        let line = line.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        seen.push(Seen {
+            id: v["id"].as_str().unwrap().to_string(),
+            partition: v["p"].as_i64().unwrap() as i32,
+            offset: v["o"].as_i64().unwrap(),
+        });
+        if seen.len() == ids.len() {
+            break;
+        }
+        if i % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(LONG), Some(0));
+    let log = d.log_text();
+    assert!(
+        log.contains("pausing partitions"),
+        "the source paused:\n{log}"
+    );
+    assert!(log.contains("resuming partitions"), "and resumed:\n{log}");
+    assert!(
+        !log.contains("max.poll.interval"),
+        "never left the group:\n{log}"
+    );
+    // No rebalance happened, so every event came exactly once, in order.
+    assert_eq!(assert_all_arrived(&ids, &seen), 0);
+    assert_ordered_per_partition(&seen, false);
+}
+
+#[test]
+fn a_second_signal_stops_at_once_without_committing_undelivered_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 4).unwrap();
+    let brokers = kafka.bootstrap_servers().to_string();
+    produce_events(&kafka, TOPIC, 5, 3000);
+    let config = write_config(dir.path(), &brokers, "g-stuck", TOPIC, "", &[]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[sinks]]\nname = \"stuck\"\ntype = \"stdout\"\ntemplate = '{COORDS_TEMPLATE}'\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+
+    // Read the first records, then stop reading: the sink blocks once the pipe is full, so a
+    // graceful stop cannot finish.
+    let mut d = Daemon::start_with_stdout(&config, &dir.path().join("run.log"), Stdio::piped());
+    let mut stdout = BufReader::new(d.child.stdout.take().unwrap());
+    let mut delivered = 0;
+    let mut line = String::new();
+    while delivered < 100 {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "stdout closed early"
+        );
+        delivered += 1;
+    }
+    d.signal(libc::SIGTERM);
+    let log = d.log.clone();
+    wait_for("the graceful stop to begin", LONG, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("stopping: no more reading")
+    });
+    let start = std::time::Instant::now();
+    d.signal(libc::SIGTERM);
+    let code = d.wait(Duration::from_secs(10));
+    assert!(start.elapsed() < Duration::from_secs(5), "stopped at once");
+    assert_eq!(code, Some(0));
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    delivered += rest.iter().filter(|b| **b == b'\n').count();
+    let committed: i64 = committed(&brokers, "g-stuck", TOPIC, 4).values().sum();
+
+    assert!(
+        committed as usize <= delivered,
+        "committed {committed} but only {delivered} records reached stdout"
+    );
+    assert!(
+        delivered < 3000,
+        "the sink really was stuck ({delivered} delivered)"
+    );
+}
