@@ -133,8 +133,8 @@ pub fn render(path: &Path, sink: &str, event: Option<&str>) -> ExitCode {
     };
     let event = match decode(msg, config.pipeline.max_event_bytes.as_usize()) {
         Ok(e) => e,
-        Err((_, why)) => {
-            eprintln!("the event would be quarantined: {why}");
+        Err(rejected) => {
+            eprintln!("the event would be quarantined: {}", rejected.why);
             return ExitCode::from(USAGE);
         }
     };

@@ -68,8 +68,15 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// A message that is not an event, handed back whole for the quarantine.
+#[derive(Debug)]
+pub struct Rejected {
+    pub message: RawMessage,
+    pub why: Rejection,
+}
+
 /// Decodes one message. On rejection the message is handed back for the quarantine.
-pub fn decode(msg: RawMessage, max_bytes: usize) -> Result<Event, (RawMessage, Rejection)> {
+pub fn decode(msg: RawMessage, max_bytes: usize) -> Result<Event, Box<Rejected>> {
     match parse(&msg, max_bytes) {
         Ok(mut object) => {
             object.insert("_kafka".into(), kafka_fields(&msg));
@@ -79,7 +86,7 @@ pub fn decode(msg: RawMessage, max_bytes: usize) -> Result<Event, (RawMessage, R
                 data: handlebars::Context::from(Value::Object(object)),
             })
         }
-        Err(r) => Err((msg, r)),
+        Err(why) => Err(Box::new(Rejected { message: msg, why })),
     }
 }
 
@@ -157,7 +164,7 @@ mod tests {
     }
 
     fn reject(payload: Option<&[u8]>) -> Rejection {
-        decode(msg(payload), 64).unwrap_err().1
+        decode(msg(payload), 64).unwrap_err().why
     }
 
     #[test]
@@ -195,7 +202,7 @@ mod tests {
         assert_eq!(
             decode(msg(Some(deep.as_bytes())), usize::MAX)
                 .unwrap_err()
-                .1,
+                .why,
             Rejection::TooDeep
         );
     }

@@ -377,9 +377,9 @@ mod tests {
             // (partition, offset, pending) of every registered message.
             let mut registered: Vec<(i32, i64, Pending)> = Vec::new();
             let mut k = 0;
-            for p in 0..partitions {
+            for (p, count) in counts.iter().enumerate().take(partitions) {
                 let mut offset = 0;
-                for _ in 0..counts[p] {
+                for _ in 0..*count {
                     offset += gaps[k % gaps.len()];
                     let mask = routes[k % routes.len()];
                     let pending = (0..3).filter(|b| mask & (1 << b) != 0)

@@ -390,7 +390,8 @@ impl Intake {
                     router.send(Arc::new(event), pending);
                 }
             }
-            Err((raw, why)) => {
+            Err(rejected) => {
+                let (raw, why) = (rejected.message, rejected.why);
                 if register(&self.shared, &tp, offset, Pending::of(Slot::QUARANTINE)) {
                     self.status.source.add_rejected();
                     metrics::counter!("auditstream_rejected_events_total", "reason" => why.kind())
