@@ -283,13 +283,22 @@ pub fn quarantine_export(path: &Path, out: Option<&PathBuf>) -> ExitCode {
 }
 
 /// `auditstream demo`.
-pub async fn demo(events: usize, out: PathBuf) -> ExitCode {
+pub async fn demo(events: usize, out: PathBuf, brokers: Option<String>) -> ExitCode {
     let shutdown = Shutdown::new();
     if let Err(e) = shutdown.on_signals() {
         eprintln!("cannot listen for signals: {e}");
         return ExitCode::from(FAILURE);
     }
-    match crate::demo::run(crate::demo::DemoOptions { events, out }, shutdown).await {
+    match crate::demo::run(
+        crate::demo::DemoOptions {
+            events,
+            out,
+            brokers,
+        },
+        shutdown,
+    )
+    .await
+    {
         Ok(()) => ExitCode::from(OK),
         Err(e) => {
             eprintln!("demo failed: {e:#}");

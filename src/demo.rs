@@ -15,44 +15,125 @@ use anyhow::Context as _;
 
 use crate::cli;
 use crate::config::SinkKind;
-use crate::embedded_kafka::EmbeddedKafka;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, Producer};
+
+use crate::embedded_kafka::{self, EmbeddedKafka};
 use crate::generate::{malformed, Generator};
 use crate::pipeline::Pipeline;
 use crate::shutdown::{Shutdown, Stage};
 use crate::status::Status;
 
-/// The demo's configuration, with `${DEMO_BROKERS}` and `${DEMO_OUT}` to fill in.
+/// The demo's configuration, with `${DEMO_BROKERS}`, `${DEMO_TOPIC}`, `${DEMO_GROUP}` and
+/// `${DEMO_OUT}` to fill in.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
-const TOPIC: &str = "audit-events";
 
 /// What the demo does.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub events: usize,
     pub out: PathBuf,
+    /// A real cluster to use instead of the in-process one.
+    pub brokers: Option<String>,
+}
+
+/// Where the demo's events go: the in-process cluster, or a real one.
+enum Cluster {
+    Embedded(EmbeddedKafka),
+    External {
+        producer: BaseProducer,
+        brokers: String,
+    },
+}
+
+impl Cluster {
+    async fn start(brokers: Option<&str>) -> anyhow::Result<(Cluster, String, String)> {
+        let Some(brokers) = brokers else {
+            let kafka = EmbeddedKafka::start(3).context("starting the in-process Kafka cluster")?;
+            kafka.create_topic("audit-events", 4)?;
+            return Ok((
+                Cluster::Embedded(kafka),
+                "audit-events".into(),
+                "auditstream-demo".into(),
+            ));
+        };
+        // A fresh topic and group per run, so the counts are this run's.
+        let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S");
+        let topic = format!("auditstream-demo-{stamp}");
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()?;
+        for r in admin
+            .create_topics(
+                &[NewTopic::new(&topic, 4, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await?
+        {
+            r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
+        }
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "5")
+            .create()?;
+        let external = Cluster::External {
+            producer,
+            brokers: brokers.to_string(),
+        };
+        Ok((external, topic.clone(), format!("{topic}-group")))
+    }
+
+    fn brokers(&self) -> &str {
+        match self {
+            Cluster::Embedded(k) => k.bootstrap_servers(),
+            Cluster::External { brokers, .. } => brokers,
+        }
+    }
+
+    fn send(&self, topic: &str, key: &[u8], payload: Option<&[u8]>) -> anyhow::Result<()> {
+        match self {
+            Cluster::Embedded(k) => k.send(topic, None, Some(key), payload)?,
+            Cluster::External { producer, .. } => {
+                embedded_kafka::send(producer, topic, None, Some(key), payload)?
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> anyhow::Result<()> {
+        match self {
+            Cluster::Embedded(k) => k.flush()?,
+            Cluster::External { producer, .. } => producer.flush(Duration::from_secs(60))?,
+        }
+        Ok(())
+    }
 }
 
 /// Runs the demo; prints progress to stderr and the summary to stdout.
 pub async fn run(opts: DemoOptions, shutdown: Shutdown) -> anyhow::Result<()> {
     let started = Instant::now();
     prepare_out(&opts.out)?;
-    let kafka = EmbeddedKafka::start(3).context("starting the in-process Kafka cluster")?;
-    kafka.create_topic(TOPIC, 4)?;
+    let (kafka, topic, group) = Cluster::start(opts.brokers.as_deref()).await?;
 
     let config_path = opts.out.join("auditstream.toml");
-    let text = demo_config(kafka.bootstrap_servers(), &opts.out);
+    let text = demo_config(kafka.brokers(), &topic, &group, &opts.out);
     std::fs::write(&config_path, &text)
         .with_context(|| format!("writing {}", config_path.display()))?;
     let (config, templates) = cli::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let produced = produce(
         &kafka,
+        &topic,
         opts.events,
         config.pipeline.max_event_bytes.as_usize(),
     )?;
     eprintln!(
-        "demo: {} audit events and {} malformed messages are in Kafka topic `{TOPIC}` (4 partitions)",
-        produced.events, produced.malformed
+        "demo: {} audit events and {} malformed messages are in Kafka topic `{topic}` (4 partitions) at {}",
+        produced.events,
+        produced.malformed,
+        kafka.brokers()
     );
 
     let outputs: Vec<(String, String)> = config
@@ -104,10 +185,12 @@ fn prepare_out(out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The demo configuration with the cluster's address and the output directory filled in.
-pub fn demo_config(brokers: &str, out: &Path) -> String {
+/// The demo configuration with the cluster, topic, group and output directory filled in.
+pub fn demo_config(brokers: &str, topic: &str, group: &str, out: &Path) -> String {
     DEMO_CONFIG
         .replace("${DEMO_BROKERS}", brokers)
+        .replace("${DEMO_TOPIC}", topic)
+        .replace("${DEMO_GROUP}", group)
         .replace("${DEMO_OUT}", &out.display().to_string())
 }
 
@@ -124,7 +207,8 @@ impl Produced {
 }
 
 fn produce(
-    kafka: &EmbeddedKafka,
+    kafka: &Cluster,
+    topic: &str,
     events: usize,
     max_event_bytes: usize,
 ) -> anyhow::Result<Produced> {
@@ -135,20 +219,16 @@ fn produce(
     let mut bad_iter = bad.iter();
     for i in 0..events {
         let (key, event) = generator.next_event();
-        kafka.send(
-            TOPIC,
-            None,
-            Some(key.as_bytes()),
-            Some(event.to_string().as_bytes()),
-        )?;
+        kafka.send(topic, key.as_bytes(), Some(event.to_string().as_bytes()))?;
         if i % every == every - 1 {
             if let Some((_, payload)) = bad_iter.next() {
-                kafka.send(TOPIC, None, Some(b"malformed"), payload.as_deref())?;
+                // Keyed like the event before it, so it lands among good events.
+                kafka.send(topic, key.as_bytes(), payload.as_deref())?;
             }
         }
     }
     for (_, payload) in bad_iter {
-        kafka.send(TOPIC, None, Some(b"malformed"), payload.as_deref())?;
+        kafka.send(topic, b"ws-1", payload.as_deref())?;
     }
     // A valid event without an actor: the archive keeps it, the siem template cannot render it.
     let headless = serde_json::json!({
@@ -157,12 +237,7 @@ fn produce(
         "action": "system.heartbeat", "outcome": "success",
         "entity": {"type": "workspace", "id": "ws-1"}
     });
-    kafka.send(
-        TOPIC,
-        None,
-        Some(b"ws-1"),
-        Some(headless.to_string().as_bytes()),
-    )?;
+    kafka.send(topic, b"ws-1", Some(headless.to_string().as_bytes()))?;
     kafka.flush()?;
     Ok(Produced {
         events,

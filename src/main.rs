@@ -65,6 +65,9 @@ enum Command {
         /// Where the sinks write.
         #[arg(long, default_value = "demo-out")]
         out: PathBuf,
+        /// Use this Kafka cluster (a fresh topic is created) instead of the in-process one.
+        #[arg(long)]
+        brokers: Option<String>,
     },
 }
 
@@ -88,9 +91,9 @@ enum QuarantineAction {
     },
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -102,7 +105,12 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    // The demo prints its own progress and summary; its logs show only what needs attention.
+    let default_level = match args.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    };
+    init_logging(args.log_format, default_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -124,7 +132,11 @@ fn main() -> ExitCode {
                 cli::quarantine_export(&config, out.as_ref())
             }
         },
-        Command::Demo { events, out } => runtime.block_on(cli::demo(events, out)),
+        Command::Demo {
+            events,
+            out,
+            brokers,
+        } => runtime.block_on(cli::demo(events, out, brokers)),
     };
     // A write stuck on a destination that stopped reading must not keep the process alive
     // after an immediate stop; everything that matters was committed or not by now.

@@ -128,6 +128,16 @@ fn topic_partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
+/// `topic/partition=offset, ...` for logs.
+fn show(positions: &[(TopicPartition, i64)]) -> String {
+    let mut v: Vec<String> = positions
+        .iter()
+        .map(|(tp, o)| format!("{tp}={o}"))
+        .collect();
+    v.sort();
+    v.join(", ")
+}
+
 fn position_list(positions: &[(TopicPartition, i64)]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for (tp, pos) in positions {
@@ -155,7 +165,9 @@ impl ConsumerContext for SourceContext {
         tracing::info!(partitions = ?revoked.iter().map(ToString::to_string).collect::<Vec<_>>(), "partitions revoked");
         if !positions.is_empty() {
             match consumer.commit(&position_list(&positions), CommitMode::Sync) {
-                Ok(()) => tracing::info!(?positions, "committed revoked partitions"),
+                Ok(()) => {
+                    tracing::info!(positions = %show(&positions), "committed revoked partitions")
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not commit revoked partitions; the next owner re-reads a little more")
                 }
@@ -366,7 +378,7 @@ impl Source {
             .consumer
             .commit(&position_list(&positions), CommitMode::Sync)
         {
-            Ok(()) => tracing::info!(?positions, "committed final offsets"),
+            Ok(()) => tracing::info!(positions = %show(&positions), "committed final offsets"),
             Err(e) => {
                 tracing::error!(error = %e, "final commit failed; the next start re-reads from the last commit")
             }

@@ -149,3 +149,49 @@ async fn every_event_arrives_bad_ones_are_quarantined_and_filters_route() {
     let end: i64 = committed.values().sum();
     assert_eq!(end as u64, total, "committed {committed:?}");
 }
+
+/// The quick start's first command: the demo runs the whole pipeline on its embedded default
+/// and everything it produced ends up in a sink or the quarantine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo-out");
+    auditstream::demo::run(
+        auditstream::demo::DemoOptions {
+            events: 400,
+            out: out.clone(),
+            brokers: None,
+        },
+        Shutdown::new(),
+    )
+    .await
+    .unwrap();
+    let count = |p: &str| {
+        std::fs::read_to_string(out.join(p))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(
+        count("archive/audit.ndjson"),
+        401,
+        "400 events and the one without an actor"
+    );
+    assert_eq!(count("siem/events.json"), 400);
+    for line in std::fs::read_to_string(out.join("siem/events.json"))
+        .unwrap()
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["user"].is_string() && v["kafka"].is_string(), "{line}");
+    }
+    let security = std::fs::read_to_string(out.join("security/alerts.log")).unwrap();
+    assert!(security.lines().count() > 0);
+    assert!(security
+        .lines()
+        .all(|l| ["secret.", "user.role_changed", "api_key."]
+            .iter()
+            .any(|a| l.contains(a))));
+    let store = Store::open(&out.join("park")).unwrap();
+    assert_eq!(store.quarantine_entries().count(), 8);
+}
