@@ -4,6 +4,9 @@
 //! A batch holds records of one partition only, in offset order, so a sink that sends its
 //! batches one after another keeps Kafka's order per partition. [`Batcher`] is the pure state
 //! (testable without a clock); [`batches`] drives it from a stream and a timer.
+//!
+//! A batch can carry a `label` computed from the item that opened it (the S3 sink's object
+//! key is rendered on the batch's first event), so the work is done once per batch.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -28,14 +31,17 @@ pub struct Batch {
     pub records: Vec<Record>,
     /// Sum of the records' body lengths.
     pub bytes: usize,
+    /// Computed from the first record's item when the batch opened (see the module header).
+    pub label: Option<String>,
 }
 
 impl Batch {
-    fn new(tp: TopicPartition) -> Self {
+    pub fn new(tp: TopicPartition, label: Option<String>) -> Self {
         Self {
             tp,
             records: Vec::new(),
             bytes: 0,
+            label,
         }
     }
 
@@ -70,7 +76,7 @@ impl Batch {
         out
     }
 
-    fn push(&mut self, r: Record) {
+    pub fn push(&mut self, r: Record) {
         self.bytes += r.body.len();
         self.records.push(r);
     }
@@ -96,8 +102,15 @@ impl Batcher {
     }
 
     /// Adds a record; returns the batches this closes (at most two: the one the record did not
-    /// fit into, and the record's own when it is full at once).
-    pub fn push(&mut self, tp: TopicPartition, record: Record, now: Instant) -> Vec<Batch> {
+    /// fit into, and the record's own when it is full at once). `label` is called when the
+    /// record opens a new batch.
+    pub fn push(
+        &mut self,
+        tp: TopicPartition,
+        record: Record,
+        now: Instant,
+        label: impl FnOnce() -> Option<String>,
+    ) -> Vec<Batch> {
         let mut closed = Vec::new();
         let max_bytes = self.limits.max_bytes.as_usize();
         if let Some(open) = self.open.get(&tp) {
@@ -109,7 +122,7 @@ impl Batcher {
         }
         let age = self.limits.max_age.get();
         let open = self.open.entry(tp.clone()).or_insert_with(|| Open {
-            batch: Batch::new(tp.clone()),
+            batch: Batch::new(tp.clone(), label()),
             deadline: now + age,
         });
         open.batch.push(record);
@@ -147,22 +160,27 @@ impl Batcher {
 }
 
 /// Turns a stream of records into a stream of batches, closing batches by count, size and age.
-/// When the input ends, the open batches are flushed and the stream ends.
-pub fn batches<S>(input: S, limits: BatchConfig) -> impl Stream<Item = Batch>
+/// Each item carries a context `C` from which `label` computes a new batch's label. When the
+/// input ends, the open batches are flushed and the stream ends.
+pub fn batches<S, C, L>(input: S, limits: BatchConfig, label: L) -> impl Stream<Item = Batch>
 where
-    S: Stream<Item = (TopicPartition, Record)> + Send + 'static,
+    S: Stream<Item = (TopicPartition, Record, C)> + Send + 'static,
+    C: Send + 'static,
+    L: Fn(&C) -> Option<String> + Send + 'static,
 {
-    struct State {
-        input: Pin<Box<dyn Stream<Item = (TopicPartition, Record)> + Send>>,
+    struct State<C, L> {
+        input: Pin<Box<dyn Stream<Item = (TopicPartition, Record, C)> + Send>>,
         batcher: Batcher,
         ready: VecDeque<Batch>,
         ended: bool,
+        label: L,
     }
     let state = State {
         input: Box::pin(input),
         batcher: Batcher::new(limits),
         ready: VecDeque::new(),
         ended: false,
+        label,
     };
     futures::stream::unfold(state, |mut st| async move {
         loop {
@@ -175,7 +193,11 @@ where
             let deadline = st.batcher.next_deadline();
             tokio::select! {
                 item = st.input.next() => match item {
-                    Some((tp, r)) => st.ready.extend(st.batcher.push(tp, r, Instant::now())),
+                    Some((tp, r, ctx)) => {
+                        let label = &st.label;
+                        let closed = st.batcher.push(tp, r, Instant::now(), || label(&ctx));
+                        st.ready.extend(closed);
+                    }
                     None => {
                         st.ended = true;
                         st.ready.extend(st.batcher.drain());
@@ -215,6 +237,10 @@ mod tests {
         }
     }
 
+    fn no_label() -> Option<String> {
+        None
+    }
+
     fn limits(events: usize, bytes: u64, age_ms: u64) -> BatchConfig {
         BatchConfig {
             max_events: events,
@@ -227,9 +253,9 @@ mod tests {
     fn closes_on_count_and_keeps_partitions_apart() {
         let mut b = Batcher::new(limits(2, 1 << 20, 1000));
         let now = Instant::now();
-        assert!(b.push(tp(0), rec(0, 1), now).is_empty());
-        assert!(b.push(tp(1), rec(0, 1), now).is_empty());
-        let full = b.push(tp(0), rec(1, 1), now);
+        assert!(b.push(tp(0), rec(0, 1), now, no_label).is_empty());
+        assert!(b.push(tp(1), rec(0, 1), now, no_label).is_empty());
+        let full = b.push(tp(0), rec(1, 1), now, no_label);
         assert_eq!(full.len(), 1);
         assert_eq!(full[0].tp, tp(0));
         assert_eq!(full[0].offsets(), vec![0, 1]);
@@ -242,11 +268,11 @@ mod tests {
     fn closes_before_exceeding_bytes_and_sends_an_oversized_record_alone() {
         let mut b = Batcher::new(limits(100, 10, 1000));
         let now = Instant::now();
-        assert!(b.push(tp(0), rec(0, 6), now).is_empty());
-        let closed = b.push(tp(0), rec(1, 6), now);
+        assert!(b.push(tp(0), rec(0, 6), now, no_label).is_empty());
+        let closed = b.push(tp(0), rec(1, 6), now, no_label);
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].offsets(), vec![0]);
-        let closed = b.push(tp(0), rec(2, 50), now);
+        let closed = b.push(tp(0), rec(2, 50), now, no_label);
         assert_eq!(closed.len(), 2);
         assert_eq!(closed[0].offsets(), vec![1]);
         assert_eq!(closed[1].offsets(), vec![2]);
@@ -256,7 +282,7 @@ mod tests {
     fn closes_on_age() {
         let mut b = Batcher::new(limits(100, 1 << 20, 500));
         let t0 = Instant::now();
-        b.push(tp(0), rec(0, 1), t0);
+        b.push(tp(0), rec(0, 1), t0, no_label);
         assert_eq!(b.next_deadline(), Some(t0 + Duration::from_millis(500)));
         assert!(b.take_expired(t0 + Duration::from_millis(499)).is_empty());
         assert_eq!(b.take_expired(t0 + Duration::from_millis(500)).len(), 1);
@@ -266,11 +292,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_stream_flushes_by_age_and_at_the_end() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut out = Box::pin(batches(tokio_stream_from(rx), limits(100, 1 << 20, 1000)));
-        tx.send((tp(0), rec(0, 1))).unwrap();
+        let mut out = Box::pin(batches(
+            tokio_stream_from(rx),
+            limits(100, 1 << 20, 1000),
+            |first: &i64| Some(format!("opened by {first}")),
+        ));
+        tx.send((tp(0), rec(0, 1), 0)).unwrap();
         let first = out.next().await.unwrap();
         assert_eq!(first.offsets(), vec![0], "closed by age");
-        tx.send((tp(0), rec(1, 1))).unwrap();
+        assert_eq!(first.label.as_deref(), Some("opened by 0"));
+        tx.send((tp(0), rec(1, 1), 1)).unwrap();
         drop(tx);
         assert_eq!(
             out.next().await.unwrap().offsets(),

@@ -63,7 +63,7 @@ pub async fn run(path: &Path) -> ExitCode {
         tracing::error!(error = %e, "cannot listen for signals");
         return ExitCode::from(FAILURE);
     }
-    let result = match Pipeline::build(config, templates) {
+    let result = match Pipeline::build(config, templates).await {
         Ok(p) => p.run(shutdown).await,
         Err(e) => Err(e),
     };

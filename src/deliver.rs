@@ -44,6 +44,8 @@ pub struct Worker {
     pub templates: Arc<Templates>,
     pub batch: BatchConfig,
     pub retry: RetryConfig,
+    /// Batches delivered at once; above 1, order across batches is given up.
+    pub concurrency: usize,
     pub status: Arc<SinkStatus>,
     pub reports: Sender<Finished>,
     pub quarantine: Quarantine,
@@ -53,28 +55,64 @@ impl Worker {
     /// Runs until the queue closes and every batch is delivered.
     pub async fn run(self, queue: UnboundedReceiver<Arc<Event>>) {
         let this = Arc::new(self);
+        this.check_health().await;
         let render = this.clone();
+        let label = this.clone();
         let records =
             futures::stream::unfold(queue, |mut q| async move { q.recv().await.map(|e| (e, q)) })
-                .filter_map(move |event| futures::future::ready(render.render(&event)));
-        batch::batches(records, this.batch)
-            .for_each(|b| {
-                let this = this.clone();
-                async move { this.deliver(b).await }
-            })
-            .await;
+                .filter_map(move |event| futures::future::ready(render.render(event)));
+        batch::batches(records, this.batch, move |first: &Arc<Event>| {
+            label.label(first)
+        })
+        .for_each_concurrent(this.concurrency.max(1), |b| {
+            let this = this.clone();
+            async move { this.deliver(b).await }
+        })
+        .await;
         tracing::info!(sink = %this.status.name, "sink worker finished");
     }
 
+    /// The start-up check of the destination. A failure is logged and shown as `retrying`; the
+    /// worker goes on (deliveries are retried as usual), it never stops the daemon.
+    async fn check_health(&self) {
+        match self.sink.health_check().await {
+            Ok(()) => {
+                tracing::info!(sink = %self.status.name, destination = %self.status.destination, "destination reachable")
+            }
+            Err(e) => {
+                self.status
+                    .set_state(SinkState::Retrying, Some(e.to_string()));
+                tracing::error!(sink = %self.status.name, destination = %self.status.destination, error = %e, "start-up check failed: the destination is not reachable or not writable; deliveries will be retried");
+            }
+        }
+    }
+
+    /// The label of a batch this event opens: the S3 object key part. A key template that
+    /// fails on this event files the batch under `unrendered-key/` and says so.
+    fn label(&self, first: &Event) -> Option<String> {
+        match self.templates.render_key(self.index, first)? {
+            Ok(key) => Some(key),
+            Err(e) => {
+                tracing::warn!(sink = %self.status.name, coords = %first.coords, error = %e, "the key template failed on a batch's first event; the batch goes under unrendered-key/");
+                metrics::counter!("auditstream_key_render_failures_total", "sink" => self.status.name.clone()).increment(1);
+                Some("unrendered-key/".into())
+            }
+        }
+    }
+
     /// Renders one event, or quarantines it for this sink.
-    fn render(&self, event: &Event) -> Option<(crate::event::TopicPartition, Record)> {
-        match self.templates.render(self.index, event) {
+    fn render(
+        &self,
+        event: Arc<Event>,
+    ) -> Option<(crate::event::TopicPartition, Record, Arc<Event>)> {
+        match self.templates.render(self.index, &event) {
             Ok(body) => Some((
                 event.coords.topic_partition(),
                 Record {
                     offset: event.coords.offset,
                     body,
                 },
+                event,
             )),
             Err(e) => {
                 let msg = RawMessage {
@@ -165,11 +203,37 @@ impl Worker {
 /// Exponential backoff with jitter from `[sinks.retry]`, never giving up by itself.
 pub fn backoff_policy(retry: &RetryConfig) -> ExponentialBackoff {
     ExponentialBackoff {
+        // `current_interval` is where the schedule starts; the default would start at 500ms
+        // whatever `initial_interval` says.
+        current_interval: retry.initial_interval.get(),
         initial_interval: retry.initial_interval.get(),
         max_interval: retry.max_interval.get(),
         randomization_factor: 0.3,
         multiplier: 2.0,
         max_elapsed_time: None,
         ..ExponentialBackoff::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HumanDuration;
+
+    #[test]
+    fn the_schedule_starts_at_initial_interval_and_doubles_to_the_cap() {
+        let retry = RetryConfig {
+            initial_interval: HumanDuration::from_millis(100),
+            max_interval: HumanDuration::from_millis(700),
+            max_elapsed: HumanDuration::from_secs(60),
+        };
+        let mut p = backoff_policy(&retry);
+        let waits: Vec<u128> = (0..6)
+            .map(|_| p.next_backoff().unwrap().as_millis())
+            .collect();
+        for (w, base) in waits.iter().zip([100u128, 200, 400, 700, 700, 700]) {
+            let (lo, hi) = (base * 7 / 10, base * 13 / 10);
+            assert!((lo..=hi).contains(w), "{waits:?}");
+        }
     }
 }

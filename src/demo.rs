@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::cli;
-use crate::config::SinkKind;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -136,19 +135,19 @@ pub async fn run(opts: DemoOptions, shutdown: Shutdown) -> anyhow::Result<()> {
         kafka.brokers()
     );
 
-    let outputs: Vec<(String, String)> = config
+    let pipeline = Pipeline::build(config, templates).await?;
+    let status = pipeline.status();
+    let outputs: Vec<(String, String)> = status
         .sinks
         .iter()
         .map(|s| {
-            let out = match &s.kind {
-                SinkKind::File(f) => f.path.display().to_string(),
-                SinkKind::Stdout(_) => "stdout".into(),
-            };
-            (s.name.clone(), out)
+            let out = s
+                .destination
+                .strip_prefix("file ")
+                .unwrap_or(&s.destination);
+            (s.name.clone(), out.to_string())
         })
         .collect();
-    let pipeline = Pipeline::build(config, templates)?;
-    let status = pipeline.status();
     let run = tokio::spawn(pipeline.run(shutdown.clone()));
 
     let total = produced.total() as u64;

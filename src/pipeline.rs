@@ -39,12 +39,14 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Opens the park store and builds every sink.
-    pub fn build(config: Config, templates: Templates) -> anyhow::Result<Self> {
+    pub async fn build(config: Config, templates: Templates) -> anyhow::Result<Self> {
         let store = Store::open(&config.park.path)?;
         let mut sinks = Vec::with_capacity(config.sinks.len());
         let mut statuses = Vec::with_capacity(config.sinks.len());
         for sc in &config.sinks {
-            let sink = sink::build(sc).with_context(|| format!("starting sink `{}`", sc.name))?;
+            let sink = sink::build(sc)
+                .await
+                .with_context(|| format!("starting sink `{}`", sc.name))?;
             statuses.push(Arc::new(SinkStatus::new(
                 &sc.name,
                 sc.type_name(),
@@ -103,6 +105,7 @@ impl Pipeline {
                 templates: templates.clone(),
                 batch: sc.batch,
                 retry: sc.retry,
+                concurrency: sc.concurrency(),
                 status: status.sinks[index].clone(),
                 reports: reports_tx.clone(),
                 quarantine: quarantine.clone(),

@@ -80,7 +80,7 @@ async fn every_event_arrives_bad_ones_are_quarantined_and_filters_route() {
     std::fs::write(&config_path, text).unwrap();
 
     let (config, templates) = cli::load(&config_path).unwrap();
-    let pipeline = Pipeline::build(config, templates).unwrap();
+    let pipeline = Pipeline::build(config, templates).await.unwrap();
     let status = pipeline.status();
     let shutdown = Shutdown::new();
     let run = tokio::spawn(pipeline.run(shutdown.clone()));

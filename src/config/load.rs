@@ -389,10 +389,15 @@ impl Loader {
         let kind = match common.kind.as_str() {
             "file" => SinkKind::File(self.typed(toml::Value::Table(specific), path)?),
             "stdout" => SinkKind::Stdout(self.typed(toml::Value::Table(specific), path)?),
+            "s3" => SinkKind::S3(Box::new(self.typed(toml::Value::Table(specific), path)?)),
+            "http" => SinkKind::Http(Box::new(self.typed(toml::Value::Table(specific), path)?)),
             other => {
                 self.error(
                     &path.key("type"),
-                    format!("unknown sink type `{other}`; expected one of file, stdout"),
+                    format!(
+                        "unknown sink type `{other}`; expected one of {}",
+                        SINK_TYPES.join(", ")
+                    ),
                 );
                 return None;
             }
@@ -504,10 +509,87 @@ impl Loader {
                     self.error(&p.key("filter").key(field), "give at least one pattern");
                 }
             }
-            if let SinkKind::File(f) = &s.kind {
-                if f.rotate_bytes.is_some_and(|b| b.bytes() == 0) {
-                    self.error(&p.key("rotate_bytes"), "must be more than 0");
+            match &s.kind {
+                SinkKind::File(f) => {
+                    if f.rotate_bytes.is_some_and(|b| b.bytes() == 0) {
+                        self.error(&p.key("rotate_bytes"), "must be more than 0");
+                    }
                 }
+                SinkKind::S3(c) => self.check_s3(c, &p),
+                SinkKind::Http(c) => self.check_http(c, &p),
+                SinkKind::Stdout(_) => {}
+            }
+        }
+    }
+}
+
+impl Loader {
+    fn check_s3(&mut self, c: &S3SinkConfig, p: &KeyPath) {
+        if c.bucket.is_empty() {
+            self.error(&p.key("bucket"), "must name a bucket");
+        }
+        if c.prefix.starts_with('/') || c.prefix.split('/').any(|s| s == "..") {
+            self.error(&p.key("prefix"), "must not start with `/` or contain `..`");
+        }
+        if c.kms_key_id.is_some() && c.server_side_encryption != Some(ServerSideEncryption::AwsKms)
+        {
+            self.error(
+                &p.key("kms_key_id"),
+                "only applies with server_side_encryption = \"aws:kms\"",
+            );
+        }
+        match (c.object_lock_mode, c.object_lock_days) {
+            (Some(_), None) => self.error(
+                &p.key("object_lock_days"),
+                "object_lock_mode needs object_lock_days (the retention per object)",
+            ),
+            (None, Some(_)) => self.error(
+                &p.key("object_lock_mode"),
+                "object_lock_days needs object_lock_mode (GOVERNANCE or COMPLIANCE)",
+            ),
+            (Some(_), Some(0)) => self.error(&p.key("object_lock_days"), "must be at least 1"),
+            _ => {}
+        }
+        if c.access_key_id.is_some() != c.secret_access_key.is_some() {
+            self.error(
+                &p.key("secret_access_key"),
+                "give both access_key_id and secret_access_key, or neither (then the AWS default chain is used)",
+            );
+        }
+        if c.multipart_part_size < ByteSize::mib(5) {
+            self.error(
+                &p.key("multipart_part_size"),
+                "S3 needs parts of at least 5MiB",
+            );
+        }
+        if let Some(e) = &c.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                self.error(&p.key("endpoint"), "must start with http:// or https://");
+            }
+        }
+    }
+
+    fn check_http(&mut self, c: &HttpSinkConfig, p: &KeyPath) {
+        match reqwest::Url::parse(&c.url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(_) => self.error(&p.key("url"), "must be an http:// or https:// URL"),
+            Err(e) => self.error(&p.key("url"), format!("not a URL: {e}")),
+        }
+        if c.concurrency == 0 {
+            self.error(&p.key("concurrency"), "must be at least 1");
+        }
+        if c.client_cert.is_some() != c.client_key.is_some() {
+            self.error(
+                &p.key("client_key"),
+                "give both client_cert and client_key for mutual TLS",
+            );
+        }
+        if c.max_request_bytes.is_some_and(|b| b.bytes() == 0) {
+            self.error(&p.key("max_request_bytes"), "must be more than 0");
+        }
+        for name in c.headers.keys() {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.error(&p.key("headers").key(name), "not a valid header name");
             }
         }
     }

@@ -121,7 +121,27 @@ impl SinkConfig {
     pub fn type_name(&self) -> &'static str {
         self.kind.type_name()
     }
+
+    /// Batches in flight at once (only HTTP sinks may have more than one).
+    pub fn concurrency(&self) -> usize {
+        match &self.kind {
+            SinkKind::Http(h) => h.concurrency.max(1),
+            _ => 1,
+        }
+    }
+
+    /// The S3 key template, for S3 sinks.
+    pub fn key_template(&self) -> Option<&str> {
+        match &self.kind {
+            SinkKind::S3(c) => Some(c.key.as_deref().unwrap_or(DEFAULT_S3_KEY)),
+            _ => None,
+        }
+    }
 }
+
+/// The default S3 key template: the event's hour, or the Kafka message's when it has no
+/// timestamp.
+pub const DEFAULT_S3_KEY: &str = r#"{{date (default timestamp _kafka.timestamp) "%Y/%m/%d/%H"}}/"#;
 
 /// How a sink turns an event into a record.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -187,24 +207,261 @@ impl Default for RetryConfig {
 pub enum SinkKind {
     File(FileSinkConfig),
     Stdout(StdoutSinkConfig),
+    S3(Box<S3SinkConfig>),
+    Http(Box<HttpSinkConfig>),
 }
+
+/// The sink types, as written in `type = "..."`.
+pub const SINK_TYPES: &[&str] = &["s3", "http", "file", "stdout"];
 
 impl SinkKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             SinkKind::File(_) => "file",
             SinkKind::Stdout(_) => "stdout",
+            SinkKind::S3(_) => "s3",
+            SinkKind::Http(_) => "http",
         }
     }
 
-    /// The batching defaults that suit this kind of destination.
-    pub fn default_batch(_type_name: &str) -> BatchConfig {
-        BatchConfig {
-            max_events: 10_000,
-            max_bytes: ByteSize::mib(8),
-            max_age: HumanDuration::from_secs(1),
+    /// The batching defaults that suit this kind of destination: S3 objects are worth
+    /// filling, HTTP endpoints want small and prompt requests.
+    pub fn default_batch(type_name: &str) -> BatchConfig {
+        match type_name {
+            "s3" => BatchConfig {
+                max_events: 10_000,
+                max_bytes: ByteSize::mib(8),
+                max_age: HumanDuration::from_secs(30),
+            },
+            "http" => BatchConfig {
+                max_events: 1_000,
+                max_bytes: ByteSize::mib(1),
+                max_age: HumanDuration::from_secs(1),
+            },
+            _ => BatchConfig {
+                max_events: 10_000,
+                max_bytes: ByteSize::mib(8),
+                max_age: HumanDuration::from_secs(1),
+            },
         }
     }
+}
+
+/// A secret from the configuration (a password, a token, a key). It never appears in logs,
+/// `Debug` output or serialised configuration.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+/// Compression of what a sink sends.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// `type = "s3"`: one object per batch in an S3 bucket (or an S3-compatible store).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct S3SinkConfig {
+    pub bucket: String,
+    /// Default: the AWS default chain's region, else us-east-1.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// For S3-compatible stores (MinIO, Ceph, ...): `http://host:port`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// A fixed prefix for every object key (`audit/`).
+    #[serde(default)]
+    pub prefix: String,
+    /// A template for the part of the key between the prefix and the file name, rendered on
+    /// a batch's first event. Default: `{{date (default timestamp _kafka.timestamp) "%Y/%m/%d/%H"}}/`.
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default = "default_s3_compression")]
+    pub compression: Compression,
+    #[serde(default)]
+    pub storage_class: Option<String>,
+    #[serde(default)]
+    pub server_side_encryption: Option<ServerSideEncryption>,
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+    #[serde(default)]
+    pub object_lock_mode: Option<ObjectLockMode>,
+    #[serde(default)]
+    pub object_lock_days: Option<u32>,
+    /// Static credentials; without them the AWS default chain is used (environment, profile,
+    /// web identity, instance metadata).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    /// `when_supported` (the SDK's default CRC32 on every request) or `when_required` (for
+    /// stores that reject it; Object Lock puts still carry one).
+    #[serde(default)]
+    pub checksum: ChecksumMode,
+    /// Objects larger than this are sent as multipart uploads.
+    #[serde(default = "default_multipart_threshold")]
+    pub multipart_threshold: ByteSize,
+    #[serde(default = "default_multipart_part_size")]
+    pub multipart_part_size: ByteSize,
+    /// How long one request may take.
+    #[serde(default = "default_s3_timeout")]
+    pub timeout: HumanDuration,
+    /// The start-up check: `head` (the bucket exists and we may see it), `put` (also write a
+    /// small marker object), or `none`.
+    #[serde(default)]
+    pub health_check: HealthCheck,
+}
+
+fn default_s3_compression() -> Compression {
+    Compression::Gzip
+}
+fn default_multipart_threshold() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_multipart_part_size() -> ByteSize {
+    ByteSize::mib(16)
+}
+fn default_s3_timeout() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum ServerSideEncryption {
+    #[serde(rename = "AES256")]
+    Aes256,
+    #[serde(rename = "aws:kms")]
+    AwsKms,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ObjectLockMode {
+    Governance,
+    Compliance,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumMode {
+    #[default]
+    WhenSupported,
+    WhenRequired,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheck {
+    #[default]
+    Head,
+    Put,
+    None,
+}
+
+/// `type = "http"`: batches sent to an HTTP endpoint (a SIEM, a log service, a webhook).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkConfig {
+    pub url: String,
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// Extra request headers (values may use `${ENV}`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub auth: Option<HttpAuth>,
+    #[serde(default)]
+    pub encoding: HttpEncoding,
+    /// Request body compression: `none`, `gzip` or `zstd`.
+    #[serde(default)]
+    pub compression: Compression,
+    #[serde(default = "default_http_timeout")]
+    pub timeout: HumanDuration,
+    /// A PEM file of CA certificates to trust (for a private CA), in addition to the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) and key, for endpoints that require mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Accept any server certificate. Only for tests; logs a warning at every start.
+    #[serde(default)]
+    pub tls_insecure_skip_verify: bool,
+    /// Requests in flight at once. More than 1 gives up order across requests.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Split batches so no request body (before compression) is larger than this.
+    #[serde(default)]
+    pub max_request_bytes: Option<ByteSize>,
+}
+
+fn default_http_timeout() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+fn default_concurrency() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    Post,
+    Put,
+}
+
+/// How the records of a batch become request bodies.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpEncoding {
+    /// One record per line (`application/x-ndjson`).
+    #[default]
+    Ndjson,
+    /// `[record,record,...]` (`application/json`); records must be JSON.
+    JsonArray,
+    /// Records back to back with no separator, as Splunk HEC wants its events.
+    Concatenated,
+    /// One request per record.
+    Single,
+}
+
+/// `auth = { bearer = "..." }`, `{ basic = { user = "...", password = "..." } }` or
+/// `{ splunk = "..." }` (`Authorization: Splunk <token>`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HttpAuth {
+    Bearer(Secret),
+    Basic { user: String, password: Secret },
+    Splunk(Secret),
 }
 
 /// `type = "file"`: rendered records, one per line, fsynced before a batch counts as delivered.

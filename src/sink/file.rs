@@ -205,14 +205,15 @@ mod tests {
                 body: format!("record-{o}"),
             })
             .collect();
-        Batch {
-            tp: TopicPartition {
+        let mut b = Batch::new(
+            TopicPartition {
                 topic: "t".into(),
                 partition: 0,
             },
-            bytes: records.iter().map(|r| r.body.len()).sum(),
-            records,
-        }
+            None,
+        );
+        records.into_iter().for_each(|r| b.push(r));
+        b
     }
 
     #[tokio::test]

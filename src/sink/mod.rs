@@ -6,7 +6,10 @@
 //! destination has the batch (for the file sink: written and fsynced), because the worker then
 //! lets the batch's offsets be committed.
 
+pub mod compress;
 pub mod file;
+pub mod http;
+pub mod s3;
 pub mod stdout;
 
 use std::fmt;
@@ -74,14 +77,21 @@ pub trait Sink: Send + Sync {
     /// Sends one batch. `Ok` means the destination has it.
     async fn deliver(&self, batch: &Batch) -> Result<(), DeliveryError>;
 
+    /// Checks that the destination is reachable (and, where cheap, writable).
+    async fn health_check(&self) -> Result<(), DeliveryError> {
+        Ok(())
+    }
+
     /// The destination with secrets removed, for logs, the status page and alerts.
     fn describe(&self) -> String;
 }
 
 /// Builds the sink a configuration entry describes.
-pub fn build(config: &SinkConfig) -> anyhow::Result<Box<dyn Sink>> {
+pub async fn build(config: &SinkConfig) -> anyhow::Result<Box<dyn Sink>> {
     Ok(match &config.kind {
         SinkKind::File(c) => Box::new(file::FileSink::open(c)?),
         SinkKind::Stdout(_) => Box::new(stdout::StdoutSink),
+        SinkKind::S3(c) => Box::new(s3::S3Sink::new(c).await?),
+        SinkKind::Http(c) => Box::new(http::HttpSink::new(c)?),
     })
 }

@@ -37,6 +37,8 @@ enum Renderer {
 pub struct Templates {
     hb: Handlebars<'static>,
     renderers: Vec<Renderer>,
+    /// The registered key template of each S3 sink.
+    keys: Vec<Option<String>>,
 }
 
 /// A render failure for one event and one sink.
@@ -62,8 +64,26 @@ impl Templates {
     ) -> Result<Self, Vec<ConfigError>> {
         let mut hb = registry();
         let mut renderers = Vec::with_capacity(sinks.len());
+        let mut keys = Vec::with_capacity(sinks.len());
         let mut errors = Vec::new();
         for (i, sink) in sinks.iter().enumerate() {
+            keys.push(sink.key_template().map(|source| {
+                let name = format!("key:{}", sink.name);
+                if let Err(e) = hb.register_template_string(&name, source) {
+                    errors.push(locator.sink_error(
+                        i,
+                        "key",
+                        format!("template does not compile: {e}"),
+                    ));
+                } else if let Err(e) = hb.render(&name, sample) {
+                    errors.push(locator.sink_error(
+                        i,
+                        "key",
+                        format!("template fails on the sample event: {}", describe(&e)),
+                    ));
+                }
+                name
+            }));
             let (key, source) = match &sink.render {
                 RenderSpec::Format(name) => match formats::lookup(name) {
                     Some(formats::Format::Passthrough) => {
@@ -107,10 +127,25 @@ impl Templates {
             renderers.push(Renderer::Template(name));
         }
         if errors.is_empty() {
-            Ok(Self { hb, renderers })
+            Ok(Self {
+                hb,
+                renderers,
+                keys,
+            })
         } else {
             Err(errors)
         }
+    }
+
+    /// Renders the object key part of an S3 sink for a batch that `event` opens; `None` for
+    /// sinks without keys.
+    pub fn render_key(&self, sink: usize, event: &Event) -> Option<Result<String, RenderError>> {
+        let name = self.keys.get(sink)?.as_ref()?;
+        Some(
+            self.hb
+                .render_with_context(name, &event.data)
+                .map_err(|e| RenderError(describe(&e))),
+        )
     }
 
     /// Renders `event` for the sink at `sink` (its index in the configuration).

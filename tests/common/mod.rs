@@ -274,3 +274,97 @@ max_age = "100ms"
     std::fs::write(&path, text).unwrap();
     path
 }
+
+pub mod servers;
+
+use auditstream::pipeline::Pipeline;
+use auditstream::shutdown::{Shutdown, Stage};
+use auditstream::status::Status;
+use std::sync::Arc;
+
+/// A pipeline running in-process.
+pub struct Running {
+    pub status: Arc<Status>,
+    shutdown: Shutdown,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Loads a configuration file and starts its pipeline in this process.
+pub async fn start_pipeline(config: &Path) -> Running {
+    let (config, templates) = auditstream::cli::load(config).unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = Pipeline::build(config, templates).await.unwrap();
+    let status = pipeline.status();
+    let shutdown = Shutdown::new();
+    let handle = tokio::spawn(pipeline.run(shutdown.clone()));
+    Running {
+        status,
+        shutdown,
+        handle,
+    }
+}
+
+impl Running {
+    /// Stops gracefully and returns the pipeline's result.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.request(Stage::Graceful);
+        self.handle.await.unwrap()
+    }
+}
+
+/// Waits (in async code) for `cond`, checking every 50 ms, failing after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The head of a configuration: Kafka, pipeline and park settings.
+pub fn config_head(brokers: &str, group: &str, topic: &str, dir: &Path) -> String {
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+topics = ["{topic}"]
+[kafka.properties]
+"auto.commit.interval.ms" = 200
+
+[park]
+path = "{park}"
+"#,
+        park = dir.join("park").display()
+    )
+}
+
+/// Offsets of the first arrival of each (partition, offset), checked to increase per
+/// partition: order kept even when a retried request delivered something twice.
+pub fn assert_first_arrivals_ordered(seen: &[Seen]) {
+    let mut first = std::collections::HashSet::new();
+    let in_order: Vec<Seen> = seen
+        .iter()
+        .filter(|s| first.insert((s.partition, s.offset)))
+        .cloned()
+        .collect();
+    assert_ordered_per_partition(&in_order, false);
+}
+
+/// Parses lines written with [`COORDS_TEMPLATE`].
+pub fn parse_seen(lines: &[String]) -> Vec<Seen> {
+    lines
+        .iter()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            Seen {
+                id: v["id"].as_str().unwrap_or_default().to_string(),
+                partition: v["p"].as_i64().unwrap() as i32,
+                offset: v["o"].as_i64().unwrap(),
+            }
+        })
+        .collect()
+}

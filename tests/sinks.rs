@@ -1,0 +1,603 @@
+//! The S3 and HTTP sinks against real servers on 127.0.0.1: an S3 server (s3s-fs) and an axum
+//! receiver with scripted faults, TLS from a private CA, a front that drops connections.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::time::Duration;
+
+use auditstream::batch::{Batch, Record};
+use auditstream::config::{parse_str, HttpSinkConfig, S3SinkConfig, SinkKind};
+use auditstream::embedded_kafka::EmbeddedKafka;
+use auditstream::event::TopicPartition;
+use auditstream::sink::http::HttpSink;
+use auditstream::sink::s3::S3Sink;
+use auditstream::sink::Sink;
+use auditstream::status::SinkState;
+use common::servers::*;
+use common::*;
+
+const TOPIC: &str = "audit";
+const LONG: Duration = Duration::from_secs(60);
+
+fn sink_kind(fragment: &str) -> SinkKind {
+    let text = format!(
+        "[kafka]\nbrokers=\"x\"\ntopics=[\"t\"]\n[[sinks]]\nname=\"s\"\nformat=\"ndjson\"\n{fragment}\n"
+    );
+    parse_str(&text, "test", &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .sinks
+        .remove(0)
+        .kind
+}
+
+fn http_config(fragment: &str) -> HttpSinkConfig {
+    match sink_kind(&format!("type=\"http\"\n{fragment}")) {
+        SinkKind::Http(c) => *c,
+        _ => unreachable!(),
+    }
+}
+
+fn s3_config(fragment: &str) -> S3SinkConfig {
+    match sink_kind(&format!("type=\"s3\"\n{fragment}")) {
+        SinkKind::S3(c) => *c,
+        _ => unreachable!(),
+    }
+}
+
+fn batch(partition: i32, from: i64, bodies: Vec<String>) -> Batch {
+    let mut b = Batch::new(
+        TopicPartition {
+            topic: TOPIC.into(),
+            partition,
+        },
+        None,
+    );
+    for (i, body) in bodies.into_iter().enumerate() {
+        b.push(Record {
+            offset: from + i as i64,
+            body,
+        });
+    }
+    b
+}
+
+fn s3_sink_toml(name: &str, endpoint: &str, bucket: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[sinks]]
+name = "{name}"
+type = "s3"
+bucket = "{bucket}"
+endpoint = "{endpoint}"
+force_path_style = true
+region = "us-east-1"
+access_key_id = "{S3_KEY}"
+secret_access_key = "{S3_SECRET}"
+template = '{COORDS_TEMPLATE}'
+{extra}
+[sinks.batch]
+max_events = 150
+max_age = "200ms"
+"#
+    )
+}
+
+fn http_sink_toml(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[sinks]]
+name = "{name}"
+type = "http"
+url = "{url}"
+template = '{COORDS_TEMPLATE}'
+{extra}
+[sinks.batch]
+max_events = 100
+max_age = "200ms"
+[sinks.retry]
+initial_interval = "100ms"
+max_interval = "2s"
+max_elapsed = "30s"
+"#
+    )
+}
+
+/// An object as read back: key, content-encoding, metadata, decompressed lines.
+type Object = (
+    String,
+    Option<String>,
+    BTreeMap<String, String>,
+    Vec<String>,
+);
+
+/// Every object under `prefix`.
+async fn objects(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<Object> {
+    let list = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for o in list.contents() {
+        let key = o.key().unwrap().to_string();
+        let got = client
+            .get_object()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.content_type(), Some("application/x-ndjson"));
+        let encoding = got.content_encoding().map(str::to_string);
+        let meta: BTreeMap<String, String> = got
+            .metadata()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let raw = got.body.collect().await.unwrap().into_bytes().to_vec();
+        let text = match encoding.as_deref() {
+            Some("gzip") => {
+                let mut s = String::new();
+                flate2::read::GzDecoder::new(&raw[..])
+                    .read_to_string(&mut s)
+                    .unwrap();
+                s
+            }
+            Some("zstd") => String::from_utf8(zstd::decode_all(&raw[..]).unwrap()).unwrap(),
+            _ => String::from_utf8(raw).unwrap(),
+        };
+        out.push((
+            key,
+            encoding,
+            meta,
+            text.lines().map(str::to_string).collect(),
+        ));
+    }
+    out
+}
+
+/// Seen records across objects, objects ordered by (partition, first offset).
+fn seen_in(objs: &[Object]) -> Vec<Seen> {
+    let mut all: Vec<Seen> = objs.iter().flat_map(|o| parse_seen(&o.3)).collect();
+    // Objects are listed by key; order per partition is the order of offsets within each
+    // object and of objects by first offset, which the key's deterministic name encodes.
+    all.sort_by_key(|s| (s.partition, s.offset));
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_objects_hold_every_event_compressed_under_safe_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s3");
+    std::fs::create_dir_all(root.join("archive")).unwrap();
+    let endpoint = start_s3(&root).await;
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 4).unwrap();
+    // A hostile workspace the key template puts into keys, first on its partition so that it
+    // opens a batch (keys are rendered on a batch's first event).
+    kafka
+        .send(
+            TOPIC,
+            Some(0),
+            None,
+            Some(br#"{"id":"evil","workspace":"../../../etc\u0000/passwd","timestamp":"2026-01-01T00:00:00Z","action":"x"}"#),
+        )
+        .unwrap();
+    let ids = produce_events(&kafka, TOPIC, 21, 900);
+
+    let mut text = config_head(kafka.bootstrap_servers(), "g-s3", TOPIC, dir.path());
+    text += &s3_sink_toml(
+        "zstd",
+        &endpoint,
+        "archive",
+        "prefix = \"z/\"\ncompression = \"zstd\"",
+    );
+    text += &s3_sink_toml(
+        "gzip",
+        &endpoint,
+        "archive",
+        "prefix = \"g/\"\ncompression = \"gzip\"\nstorage_class = \"STANDARD\"",
+    );
+    text += &s3_sink_toml(
+        "plain",
+        &endpoint,
+        "archive",
+        "prefix = \"p/\"\ncompression = \"none\"\nkey = \"{{default workspace \\\"none\\\"}}/\"\nchecksum = \"when_required\"",
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let running = start_pipeline(&path).await;
+    let total = ids.len() as u64 + 1;
+    let status = running.status.clone();
+    wait_until("every message committed", LONG, || {
+        status.source.committable() >= total
+    })
+    .await;
+    running.stop().await.unwrap();
+
+    let client = s3_client(&endpoint);
+    let mut all_ids = ids.clone();
+    all_ids.push("evil".into());
+    for (prefix, encoding) in [("z/", Some("zstd")), ("g/", Some("gzip")), ("p/", None)] {
+        let objs = objects(&client, "archive", prefix).await;
+        assert!(
+            objs.len() >= 4,
+            "{prefix}: one object per batch, {} objects",
+            objs.len()
+        );
+        for (key, enc, meta, lines) in &objs {
+            assert_eq!(enc.as_deref(), encoding, "{key}");
+            assert!(!key.contains(".."), "{key}");
+            assert!(!key.contains('\0'));
+            let seen = parse_seen(lines);
+            let first = seen[0].offset;
+            let name = format!("{TOPIC}-{}-{first:020}.ndjson", seen[0].partition);
+            assert!(key.contains(&name), "deterministic name {name} in {key}");
+            assert_eq!(
+                meta.get("auditstream-first-offset"),
+                Some(&first.to_string())
+            );
+            assert_eq!(
+                meta.get("auditstream-records"),
+                Some(&lines.len().to_string())
+            );
+            assert_ordered_per_partition(&seen, false);
+        }
+        let seen = seen_in(&objs);
+        assert_eq!(assert_all_arrived(&all_ids, &seen), 0, "{prefix}");
+        if prefix == "z/" {
+            // The default key: the event's hour.
+            assert!(
+                objs.iter().all(|o| o.0.starts_with("z/2026/01/01/")),
+                "{:?}",
+                objs[0].0
+            );
+        }
+    }
+    let plain = objects(&client, "archive", "p/").await;
+    let evil = plain
+        .iter()
+        .find(|o| o.3.iter().any(|l| l.contains("\"evil\"")))
+        .unwrap();
+    assert!(evil.0.starts_with("p/etc/passwd/"), "{}", evil.0);
+}
+
+#[tokio::test]
+async fn s3_missing_bucket_is_permanent_and_the_health_check_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = start_s3(dir.path()).await;
+    let c = s3_config(&format!(
+        "bucket=\"nope\"\nendpoint=\"{endpoint}\"\nforce_path_style=true\naccess_key_id=\"{S3_KEY}\"\nsecret_access_key=\"{S3_SECRET}\""
+    ));
+    let sink = S3Sink::new(&c).await.unwrap();
+    let e = sink.health_check().await.unwrap_err();
+    assert!(e.is_permanent(), "{e}");
+    // (s3s-fs creates buckets on write, so a put to a missing bucket is checked against
+    // moto in tests/s3_moto.rs.)
+
+    let wrong_key = s3_config(&format!(
+        "bucket=\"nope\"\nendpoint=\"{endpoint}\"\nforce_path_style=true\naccess_key_id=\"{S3_KEY}\"\nsecret_access_key=\"wrong\""
+    ));
+    let e = S3Sink::new(&wrong_key)
+        .await
+        .unwrap()
+        .deliver(&batch(0, 0, vec!["{}".into()]))
+        .await
+        .unwrap_err();
+    assert!(e.is_permanent(), "bad credentials: {e}");
+
+    // Nothing listening: retryable.
+    let down = s3_config(&format!(
+        "bucket=\"b\"\nendpoint=\"http://127.0.0.1:9\"\nforce_path_style=true\naccess_key_id=\"{S3_KEY}\"\nsecret_access_key=\"{S3_SECRET}\"\ntimeout=\"2s\""
+    ));
+    let e = S3Sink::new(&down)
+        .await
+        .unwrap()
+        .deliver(&batch(0, 0, vec!["{}".into()]))
+        .await
+        .unwrap_err();
+    assert!(!e.is_permanent(), "{e}");
+}
+
+#[tokio::test]
+async fn s3_large_batches_go_up_in_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("big")).unwrap();
+    let endpoint = start_s3(dir.path()).await;
+    let c = s3_config(&format!(
+        "bucket=\"big\"\nendpoint=\"{endpoint}\"\nforce_path_style=true\naccess_key_id=\"{S3_KEY}\"\nsecret_access_key=\"{S3_SECRET}\"\ncompression=\"none\"\nmultipart_threshold=\"6MiB\"\nmultipart_part_size=\"5MiB\""
+    ));
+    let sink = S3Sink::new(&c).await.unwrap();
+    let bodies: Vec<String> = (0..12_000)
+        .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(1000)))
+        .collect();
+    let b = batch(2, 5000, bodies.clone());
+    sink.deliver(&b).await.unwrap();
+    let objs = objects(&s3_client(&endpoint), "big", "").await;
+    assert_eq!(objs.len(), 1);
+    assert_eq!(objs[0].3, bodies);
+    assert_eq!(objs[0].0, sink.object_key(&b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_retries_transient_failures_and_every_event_arrives_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::new();
+    receiver.script(vec![
+        Answer::Status(503),
+        Answer::Status(503),
+        Answer::Status(503),
+        Answer::RetryAfter(1),
+        Answer::Slow(Duration::from_millis(1500)),
+        Answer::Status(500),
+    ]);
+    let addr = receiver.serve().await;
+    let front = dropping_front(addr, 2).await;
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 4).unwrap();
+    let ids = produce_events(&kafka, TOPIC, 22, 800);
+    let mut text = config_head(kafka.bootstrap_servers(), "g-http", TOPIC, dir.path());
+    text += &http_sink_toml(
+        "siem",
+        &format!("http://{front}/ingest"),
+        "timeout = \"500ms\"",
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let running = start_pipeline(&path).await;
+    let status = running.status.clone();
+    wait_until("every message committed", LONG, || {
+        status.source.committable() >= ids.len() as u64
+    })
+    .await;
+    running.stop().await.unwrap();
+
+    let seen = parse_seen(&receiver.accepted_lines());
+    assert_all_arrived(&ids, &seen);
+    assert_first_arrivals_ordered(&seen);
+
+    // The waits followed the schedule: backoff between the 503s, and at least the
+    // Retry-After second after the 429.
+    let reqs = receiver.requests();
+    let statuses: Vec<u16> = reqs.iter().map(|r| r.status).collect();
+    assert_eq!(
+        &statuses[..6],
+        &[503, 503, 503, 429, 200, 500],
+        "{statuses:?}"
+    );
+    let gap = |i: usize| reqs[i + 1].at - reqs[i].at;
+    let gaps: Vec<Duration> = (0..5).map(gap).collect();
+    eprintln!("gaps between the first requests: {gaps:?}");
+    // Two dropped connections took the 100 and 200 ms steps; then 400 and 800 ms, +-30%.
+    let ms = |d: Duration| d.as_millis();
+    assert!((250..=700).contains(&ms(gaps[0])), "{gaps:?}");
+    assert!((500..=1300).contains(&ms(gaps[1])), "{gaps:?}");
+    assert!(
+        gaps[3] >= Duration::from_millis(950),
+        "Retry-After honoured: {gaps:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_permanent_errors_break_the_sink_at_once_and_hold_the_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::new();
+    receiver.then(Answer::Status(401));
+    let addr = receiver.serve().await;
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 1).unwrap();
+    let ids = produce_events(&kafka, TOPIC, 23, 50);
+    let mut text = config_head(kafka.bootstrap_servers(), "g-401", TOPIC, dir.path());
+    text += &http_sink_toml("siem", &format!("http://{addr}/"), "")
+        .replace("max_interval = \"2s\"", "max_interval = \"1s\"");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let running = start_pipeline(&path).await;
+    let sink = running.status.sink("siem").unwrap().clone();
+    wait_until("the sink to break", LONG, || {
+        sink.state() == SinkState::Broken
+    })
+    .await;
+    // Broken on the first answer: a permanent error is not put through the backoff schedule.
+    assert_eq!(receiver.requests().len(), 1);
+    let snap = sink.snapshot();
+    assert!(
+        snap.last_error.as_deref().unwrap().contains("401"),
+        "{snap:?}"
+    );
+    assert!(
+        snap.last_error.as_deref().unwrap().contains("scripted 401"),
+        "{snap:?}"
+    );
+    assert_eq!(
+        running.status.source.committable(),
+        0,
+        "nothing committed while broken"
+    );
+
+    // The credentials are fixed: the held batch goes through, nothing was lost.
+    receiver.then(Answer::Ok);
+    let status = running.status.clone();
+    wait_until("every message committed", LONG, || {
+        status.source.committable() >= ids.len() as u64
+    })
+    .await;
+    assert_eq!(sink.state(), SinkState::Healthy);
+    running.stop().await.unwrap();
+    let seen = parse_seen(&receiver.accepted_lines());
+    assert_eq!(assert_all_arrived(&ids, &seen), 0);
+}
+
+#[tokio::test]
+async fn http_requests_too_large_are_split_not_retried_forever() {
+    let receiver = Receiver::new();
+    receiver.max_body(2000);
+    let addr = receiver.serve().await;
+    let sink = HttpSink::new(&http_config(&format!("url=\"http://{addr}/\""))).unwrap();
+    let bodies: Vec<String> = (0..60)
+        .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "y".repeat(80)))
+        .collect();
+    sink.deliver(&batch(0, 0, bodies.clone())).await.unwrap();
+    assert_eq!(receiver.accepted_lines(), bodies, "all records, in order");
+    assert!(
+        receiver.requests().iter().any(|r| r.status == 413),
+        "the endpoint refused some"
+    );
+    assert!(receiver
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200)
+        .all(|r| r.body.len() <= 2000));
+
+    // A single record the endpoint refuses is permanent.
+    let e = sink
+        .deliver(&batch(0, 60, vec!["z".repeat(3000)]))
+        .await
+        .unwrap_err();
+    assert!(e.is_permanent(), "{e}");
+
+    // max_request_bytes splits before sending: no 413 at all.
+    let polite = Receiver::new();
+    polite.max_body(1000);
+    let addr = polite.serve().await;
+    let sink = HttpSink::new(&http_config(&format!(
+        "url=\"http://{addr}/\"\nmax_request_bytes=\"1000\""
+    )))
+    .unwrap();
+    sink.deliver(&batch(0, 0, bodies.clone())).await.unwrap();
+    assert!(polite.requests().iter().all(|r| r.status == 200));
+    assert_eq!(polite.accepted_lines(), bodies);
+}
+
+#[tokio::test]
+async fn http_encodings_auth_and_compression() {
+    let receiver = Receiver::new();
+    let addr = receiver.serve().await;
+    let records = vec![r#"{"a":1}"#.to_string(), r#"{"a":2}"#.to_string()];
+
+    let sink = HttpSink::new(&http_config(&format!(
+        "url=\"http://{addr}/a\"\nencoding=\"json_array\"\ncompression=\"gzip\"\nauth={{ bearer = \"t0k\" }}\nheaders={{ \"X-Source\" = \"auditstream\" }}"
+    )))
+    .unwrap();
+    sink.deliver(&batch(0, 0, records.clone())).await.unwrap();
+    let r = receiver.requests().pop().unwrap();
+    assert_eq!(String::from_utf8(r.body).unwrap(), r#"[{"a":1},{"a":2}]"#);
+    assert_eq!(r.headers["authorization"], "Bearer t0k");
+    assert_eq!(r.headers["content-encoding"], "gzip");
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.headers["x-source"], "auditstream");
+
+    let sink = HttpSink::new(&http_config(&format!(
+        "url=\"http://{addr}/hec\"\nencoding=\"concatenated\"\nauth={{ splunk = \"hec-token\" }}"
+    )))
+    .unwrap();
+    sink.deliver(&batch(0, 0, records.clone())).await.unwrap();
+    let r = receiver.requests().pop().unwrap();
+    assert_eq!(String::from_utf8(r.body).unwrap(), r#"{"a":1}{"a":2}"#);
+    assert_eq!(r.headers["authorization"], "Splunk hec-token");
+
+    let before = receiver.requests().len();
+    let sink = HttpSink::new(&http_config(&format!(
+        "url=\"http://{addr}/one\"\nencoding=\"single\"\nmethod=\"PUT\"\nauth={{ basic = {{ user = \"u\", password = \"p\" }} }}"
+    )))
+    .unwrap();
+    sink.deliver(&batch(0, 0, records.clone())).await.unwrap();
+    let reqs = receiver.requests();
+    assert_eq!(reqs.len() - before, 2, "one request per record");
+    assert_eq!(reqs.last().unwrap().headers["authorization"], "Basic dTpw");
+    assert!(!sink.describe().contains("dTpw"));
+}
+
+#[tokio::test]
+async fn http_tls_with_a_private_ca_and_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let ca = dir.path().join("ca.pem");
+    let cert = dir.path().join("client.pem");
+    let key = dir.path().join("client.key");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    std::fs::write(&cert, &pki.client_cert_pem).unwrap();
+    std::fs::write(&key, &pki.client_key_pem).unwrap();
+    let one = || batch(0, 0, vec!["{}".to_string()]);
+
+    let receiver = Receiver::new();
+    let addr = receiver.serve_tls(pki.server_config(false)).await;
+    let url = format!("https://127.0.0.1:{}/", addr.port());
+    let untrusting = HttpSink::new(&http_config(&format!("url=\"{url}\""))).unwrap();
+    let e = untrusting.deliver(&one()).await.unwrap_err();
+    assert!(
+        e.is_permanent(),
+        "an untrusted certificate is permanent: {e}"
+    );
+    let trusting = HttpSink::new(&http_config(&format!(
+        "url=\"{url}\"\nca_file=\"{}\"",
+        ca.display()
+    )))
+    .unwrap();
+    trusting.deliver(&one()).await.unwrap();
+    let insecure = HttpSink::new(&http_config(&format!(
+        "url=\"{url}\"\ntls_insecure_skip_verify=true"
+    )))
+    .unwrap();
+    insecure.deliver(&one()).await.unwrap();
+
+    let mtls = Receiver::new();
+    let addr = mtls.serve_tls(pki.server_config(true)).await;
+    let url = format!("https://127.0.0.1:{}/", addr.port());
+    let without = HttpSink::new(&http_config(&format!(
+        "url=\"{url}\"\nca_file=\"{}\"",
+        ca.display()
+    )))
+    .unwrap();
+    assert!(
+        without.deliver(&one()).await.is_err(),
+        "the server wants a client certificate"
+    );
+    let with = HttpSink::new(&http_config(&format!(
+        "url=\"{url}\"\nca_file=\"{}\"\nclient_cert=\"{}\"\nclient_key=\"{}\"",
+        ca.display(),
+        cert.display(),
+        key.display()
+    )))
+    .unwrap();
+    with.deliver(&one()).await.unwrap();
+    assert_eq!(mtls.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_sink_does_not_stop_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s3");
+    std::fs::create_dir_all(root.join("archive")).unwrap();
+    let endpoint = start_s3(&root).await;
+    let receiver = Receiver::new();
+    receiver.then(Answer::Status(503));
+    let addr = receiver.serve().await;
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 4).unwrap();
+    let ids = produce_events(&kafka, TOPIC, 24, 600);
+    let mut text = config_head(kafka.bootstrap_servers(), "g-both", TOPIC, dir.path());
+    text += &s3_sink_toml("archive", &endpoint, "archive", "compression = \"zstd\"");
+    text += &http_sink_toml("siem", &format!("http://{addr}/"), "");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let running = start_pipeline(&path).await;
+    let archive = running.status.sink("archive").unwrap().clone();
+    wait_until("the archive has everything", LONG, || {
+        archive.delivered() >= ids.len() as u64
+    })
+    .await;
+    let siem = running.status.sink("siem").unwrap().snapshot();
+    assert_eq!(siem.delivered_events, 0);
+    assert_ne!(siem.state, SinkState::Healthy);
+    assert!(siem.last_error.unwrap().contains("503"));
+    let objs = objects(&s3_client(&endpoint), "archive", "").await;
+    let seen = seen_in(&objs);
+    assert_eq!(assert_all_arrived(&ids, &seen), 0);
+    let partitions: BTreeSet<i32> = seen.iter().map(|s| s.partition).collect();
+    assert_eq!(partitions.len(), 4);
+    running.stop().await.unwrap();
+}
