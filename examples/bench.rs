@@ -1,0 +1,258 @@
+//! Throughput of the pipeline with Kafka taken out: generated events are decoded, rendered with
+//! a realistic template, batched, compressed and delivered by the real delivery worker to a
+//! real destination on 127.0.0.1, one sink at a time.
+//!
+//! ```sh
+//! cargo run --release --example bench -- [--events N] [--event-bytes B] [--sinks file,s3,http]
+//! ```
+//!
+//! It prints events/s and MiB/s (of event JSON in) per sink, and the peak RSS.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use auditstream::config::load::Locator;
+use auditstream::config::parse_str;
+use auditstream::decode::decode;
+use auditstream::deliver::Worker;
+use auditstream::event::{Coords, RawMessage};
+use auditstream::generate::Generator;
+use auditstream::offsets::Slot;
+use auditstream::park::quarantine::Quarantine;
+use auditstream::status::SinkStatus;
+use auditstream::template::{sample, Templates};
+use bytes::Bytes;
+
+const TEMPLATE: &str = r#"{"time":{{json timestamp}},"user":{{json actor.id}},"user_type":"{{upper actor.type}}","action":{{json action}},"result":{{json (default outcome "unknown")}},"target":"{{entity.type}}:{{entity.id}}","src_ip":{{json (default metadata.ip null)}},"agent":{{json metadata.user_agent}},"request":{{json metadata.request_id}},"changes":{{json changes}},"kafka":"{{_kafka.topic}}/{{_kafka.partition}}@{{_kafka.offset}}"}"#;
+const IN_FLIGHT: u64 = 50_000;
+
+struct Args {
+    events: usize,
+    event_bytes: usize,
+    sinks: Vec<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        events: 200_000,
+        event_bytes: 500,
+        sinks: vec!["file".into(), "s3".into(), "http".into()],
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let value = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--events" => a.events = value.parse().expect("--events N"),
+            "--event-bytes" => a.event_bytes = value.parse().expect("--event-bytes B"),
+            "--sinks" => a.sinks = value.split(',').map(str::to_string).collect(),
+            other => panic!("unknown argument {other}; see the header of examples/bench.rs"),
+        }
+        i += 2;
+    }
+    a
+}
+
+/// Generated events padded to about `bytes` each, as Kafka message values.
+fn payloads(n: usize, bytes: usize) -> Vec<Bytes> {
+    let mut g = Generator::new(7, 64);
+    (0..n)
+        .map(|_| {
+            let (_, mut e) = g.next_event();
+            let len = e.to_string().len();
+            if len + 12 < bytes {
+                e["metadata"]["note"] = "n".repeat(bytes - len - 12).into();
+            }
+            Bytes::from(e.to_string())
+        })
+        .collect()
+}
+
+async fn http_receiver() -> String {
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            std::hint::black_box(body.len());
+            "ok"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/")
+}
+
+async fn s3_server(root: &Path) -> String {
+    std::fs::create_dir_all(root.join("bench")).unwrap();
+    let fs = s3s_fs::FileSystem::new(root).unwrap();
+    let mut b = s3s::service::S3ServiceBuilder::new(fs);
+    b.set_auth(s3s::auth::SimpleAuth::from_single(
+        "AKIDBENCH",
+        "bench-secret",
+    ));
+    let service = b.build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = service.clone();
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+async fn sink_toml(kind: &str, dir: &Path) -> String {
+    let head = format!("name = \"{kind}\"\ntemplate = '{TEMPLATE}'\n");
+    match kind {
+        "file" => format!("{head}type = \"file\"\npath = \"{}\"\n", dir.join("bench.jsonl").display()),
+        "s3" => format!(
+            "{head}type = \"s3\"\nbucket = \"bench\"\nendpoint = \"{}\"\nforce_path_style = true\nregion = \"us-east-1\"\naccess_key_id = \"AKIDBENCH\"\nsecret_access_key = \"bench-secret\"\ncompression = \"zstd\"\n[sinks.batch]\nmax_events = 10000\nmax_bytes = \"8MiB\"\nmax_age = \"1s\"\n",
+            s3_server(&dir.join("s3")).await
+        ),
+        "http" => format!(
+            "{head}type = \"http\"\nurl = \"{}\"\nencoding = \"ndjson\"\n[sinks.batch]\nmax_events = 5000\nmax_bytes = \"4MiB\"\nmax_age = \"1s\"\n",
+            http_receiver().await
+        ),
+        other => panic!("unknown sink {other}; use file, s3, http"),
+    }
+}
+
+/// Runs `payloads` through one sink; returns the elapsed time.
+async fn run_one(kind: &str, payloads: Arc<Vec<Bytes>>, dir: &Path) -> Duration {
+    let text = format!(
+        "[kafka]\nbrokers = \"unused\"\ntopics = [\"bench\"]\n[[sinks]]\n{}",
+        sink_toml(kind, dir).await
+    );
+    let config = parse_str(&text, "bench", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let sc = config.sinks[0].clone();
+    let templates = Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(&text))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let sink = auditstream::sink::build(&sc).await.unwrap();
+    let status = Arc::new(SinkStatus::new(&sc.name, sc.type_name(), sink.describe()));
+    let (reports_tx, reports) = std::sync::mpsc::channel();
+    let (quarantine, qqueue) = Quarantine::channel();
+    let (queue, events) = tokio::sync::mpsc::unbounded_channel();
+    let worker = Worker {
+        index: 0,
+        slot: Slot::sink(0).unwrap(),
+        sink,
+        templates: Arc::new(templates),
+        batch: sc.batch,
+        retry: sc.retry,
+        concurrency: sc.concurrency(),
+        status: status.clone(),
+        reports: reports_tx,
+        quarantine,
+    };
+    drop(qqueue);
+    let started = Instant::now();
+    let handle = tokio::spawn(worker.run(events));
+    let total = payloads.len() as u64;
+    // The feeder plays the source: decode, queue, stay within the in-flight bound.
+    let feeder = std::thread::spawn(move || {
+        let topic: Arc<str> = "bench".into();
+        let mut finished = 0u64;
+        for (i, p) in payloads.iter().enumerate() {
+            while i as u64 - finished >= IN_FLIGHT {
+                match reports.recv_timeout(Duration::from_millis(100)) {
+                    Ok(r) => finished += r.offsets.len() as u64,
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return finished,
+                }
+            }
+            let msg = RawMessage {
+                coords: Coords {
+                    topic: topic.clone(),
+                    partition: (i % 4) as i32,
+                    offset: (i / 4) as i64,
+                },
+                timestamp_ms: Some(1_767_225_600_000),
+                key: None,
+                headers: vec![],
+                payload: Some(p.clone()),
+            };
+            let event = decode(msg, 1 << 20).expect("generated events decode");
+            if queue.send(Arc::new(event)).is_err() {
+                return finished;
+            }
+        }
+        drop(queue);
+        while finished < total {
+            match reports.recv() {
+                Ok(r) => finished += r.offsets.len() as u64,
+                Err(_) => break,
+            }
+        }
+        finished
+    });
+    let finished = tokio::task::spawn_blocking(move || feeder.join().unwrap())
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    handle.await.unwrap();
+    assert_eq!(finished, total, "every event delivered");
+    assert_eq!(status.delivered(), total);
+    took
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let payloads = Arc::new(payloads(a.events, a.event_bytes));
+    let bytes: usize = payloads.iter().map(|p| p.len()).sum();
+    let mean = bytes / payloads.len().max(1);
+    println!(
+        "auditstream bench: {} events of {mean} bytes ({:.1} MiB), pipeline without Kafka:",
+        a.events,
+        bytes as f64 / 1048576.0
+    );
+    println!(
+        "decode, render ({} byte template), batch, compress, deliver to 127.0.0.1\n",
+        TEMPLATE.len()
+    );
+    println!(
+        "{:<6} {:>12} {:>10} {:>9}",
+        "sink", "events/s", "MiB/s", "seconds"
+    );
+    let mut results = BTreeMap::new();
+    for kind in &a.sinks {
+        let dir = tempfile::tempdir().unwrap();
+        let took = run_one(kind, payloads.clone(), dir.path()).await;
+        let secs = took.as_secs_f64();
+        println!(
+            "{:<6} {:>12.0} {:>10.1} {:>9.2}",
+            kind,
+            a.events as f64 / secs,
+            bytes as f64 / 1048576.0 / secs,
+            secs
+        );
+        results.insert(kind.clone(), secs);
+    }
+    println!(
+        "\npeak RSS {:.0} MiB; {} cores",
+        peak_rss_mib(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+}
