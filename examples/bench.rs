@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use auditstream::config::load::Locator;
 use auditstream::config::parse_str;
 use auditstream::decode::decode;
-use auditstream::deliver::Worker;
+use auditstream::deliver::{ParkLimits, Worker};
 use auditstream::event::{Coords, RawMessage};
 use auditstream::generate::Generator;
 use auditstream::offsets::Slot;
+use auditstream::park::export::Exporter;
 use auditstream::park::quarantine::Quarantine;
+use auditstream::park::Store;
 use auditstream::status::SinkStatus;
 use auditstream::template::{sample, Templates};
 use bytes::Bytes;
@@ -141,7 +143,14 @@ async fn run_one(kind: &str, payloads: Arc<Vec<Bytes>>, dir: &Path) -> Duration 
     let templates = Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(&text))
         .unwrap_or_else(|e| panic!("{e:?}"));
     let sink = auditstream::sink::build(&sc).await.unwrap();
-    let status = Arc::new(SinkStatus::new(&sc.name, sc.type_name(), sink.describe()));
+    let store = Store::open(&dir.join("park")).unwrap();
+    let park = store.sink_park(&sc.name).unwrap();
+    let status = Arc::new(SinkStatus::new(
+        &sc.name,
+        sc.type_name(),
+        sink.describe(),
+        park.counts(),
+    ));
     let (reports_tx, reports) = std::sync::mpsc::channel();
     let (quarantine, qqueue) = Quarantine::channel();
     let (queue, events) = tokio::sync::mpsc::unbounded_channel();
@@ -156,6 +165,14 @@ async fn run_one(kind: &str, payloads: Arc<Vec<Bytes>>, dir: &Path) -> Duration 
         status: status.clone(),
         reports: reports_tx,
         quarantine,
+        park,
+        limits: ParkLimits {
+            max_bytes: config.park.max_bytes.bytes(),
+            when_full: config.park.when_full,
+            max_age: config.park.max_age.get(),
+            probe_max_interval: config.park.probe_max_interval.get(),
+            exporter: Exporter::new(&dir.join("expired")),
+        },
     };
     drop(qqueue);
     let started = Instant::now();

@@ -1,39 +1,68 @@
-//! The delivery worker: one task per sink, the whole life of an event inside that sink.
+//! The delivery worker: one per sink, the whole life of an event inside that sink.
 //!
 //! ```text
-//! queue of events -> render (or quarantine) -> batch -> deliver with retries -> report finished
+//!                  ┌──────── park empty: deliver ──── ok ──────────────► report finished
+//! queue -> render -> batch ┤                  └─ fails: park it ─┐
+//! (or quarantine)          └──────── park not empty: park it ────┴─► (flushed) report finished
+//!                                                                  │
+//!               replayer: head of the park -> deliver -> release ◄─┘ (in order, one at a time)
 //! ```
 //!
-//! Each sink has its own task and queue, so a slow or failing sink holds back only its own
-//! events (and, through the source's in-flight bound, at most `max_in_flight_events` of them).
-//! Batches are delivered one at a time in the order they close, which keeps Kafka's order per
-//! partition.
+//! **Intake.** While the sink's park is empty, each batch is delivered directly. A batch whose
+//! delivery fails is parked at once (durably), and so is every batch after it while the park
+//! holds anything: nothing overtakes, and the sink never holds up the source, so the other
+//! sinks go on at full speed. A batch counts as finished (its offsets may be committed) when
+//! it is delivered or when its park write is flushed.
 //!
-//! A failed delivery is retried with exponential backoff and jitter (`[sinks.retry]`),
-//! honouring a destination's `Retry-After`. The sink's state follows: `retrying` while a batch
-//! is being retried, `broken` when a permanent error comes back or retries run past
-//! `max_elapsed`. A batch that cannot be delivered is never reported finished, so its offsets
-//! are never committed: the worker keeps trying it, at `max_interval`, until it succeeds or the
-//! daemon stops (and the next start reads it again from Kafka).
+//! **Replayer.** Sends the oldest parked batch again and again, and removes it only with the
+//! receipt of its delivery. The sink's state follows ([`SinkState`]):
+//! - `retrying`: a delivery failed; the head is retried on the `[sinks.retry]` schedule
+//!   (exponential, jittered, obeying `Retry-After`) until `max_elapsed` has passed;
+//! - `broken`: a permanent error, retries past `max_elapsed`, or a failure while recovering;
+//!   the head is *probed* on a schedule doubling from `initial_interval` up to
+//!   `park.probe_max_interval`;
+//! - `recovering`: a delivery of the head succeeded; the park is drained in order as fast as
+//!   the sink accepts, each batch removed after its receipt;
+//! - `healthy`: the park is empty; the intake delivers directly again.
+//!
+//! **Limits.** When the park reaches `park.max_bytes`, `when_full = "block"` makes the intake
+//! wait for room (its queue fills, the source pauses its partitions, Kafka keeps the data, and
+//! since the group has one position per partition the other sinks wait too), and
+//! `"drop_oldest"` exports this sink's oldest batches to `expired_dir` to make room. Batches
+//! parked longer than `park.max_age` are exported and removed. A park that cannot be written
+//! (full disk, sled error) holds the batch and its offsets and retries until it can.
 
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
 use futures::StreamExt;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::batch::{self, Batch, Record};
-use crate::config::{BatchConfig, RetryConfig};
+use crate::config::{BatchConfig, RetryConfig, WhenFull};
 use crate::event::{Event, RawMessage};
 use crate::offsets::{Finished, Slot};
+use crate::park::export::{ExportReason, Exporter};
 use crate::park::quarantine::{Quarantine, QuarantineEntry};
-use crate::sink::{DeliveryError, ErrorClass, Sink};
+use crate::park::{Release, SinkPark, StoreError};
+use crate::sink::{DeliveryError, Sink};
 use crate::status::{SinkState, SinkStatus};
 use crate::template::Templates;
+
+/// The park settings a worker obeys.
+#[derive(Debug, Clone)]
+pub struct ParkLimits {
+    pub max_bytes: u64,
+    pub when_full: WhenFull,
+    pub max_age: Duration,
+    pub probe_max_interval: Duration,
+    pub exporter: Exporter,
+}
 
 /// Everything one sink's worker needs.
 pub struct Worker {
@@ -49,40 +78,65 @@ pub struct Worker {
     pub status: Arc<SinkStatus>,
     pub reports: Sender<Finished>,
     pub quarantine: Quarantine,
+    pub park: SinkPark,
+    pub limits: ParkLimits,
+}
+
+/// The shared parts of a running worker: the intake and the replayer.
+struct Running {
+    w: Worker,
+    /// Rings when the intake parks something.
+    parked: Notify,
+    /// The error that made the intake park, for the replayer's first wait.
+    intake_failure: Mutex<Option<DeliveryError>>,
 }
 
 impl Worker {
-    /// Runs until the queue closes and every batch is delivered.
+    /// Runs until the queue closes and every batch is delivered or parked.
     pub async fn run(self, queue: UnboundedReceiver<Arc<Event>>) {
-        let this = Arc::new(self);
-        this.check_health().await;
-        let render = this.clone();
-        let label = this.clone();
+        let r = Arc::new(Running {
+            w: self,
+            parked: Notify::new(),
+            intake_failure: Mutex::new(None),
+        });
+        r.check_health().await;
+        let replayer = tokio::spawn(r.clone().replay());
+        let (render, label) = (r.clone(), r.clone());
         let records =
             futures::stream::unfold(queue, |mut q| async move { q.recv().await.map(|e| (e, q)) })
                 .filter_map(move |event| futures::future::ready(render.render(event)));
-        batch::batches(records, this.batch, move |first: &Arc<Event>| {
+        batch::batches(records, r.w.batch, move |first: &Arc<Event>| {
             label.label(first)
         })
-        .for_each_concurrent(this.concurrency.max(1), |b| {
-            let this = this.clone();
-            async move { this.deliver(b).await }
+        .for_each_concurrent(r.w.concurrency.max(1), |b| {
+            let r = r.clone();
+            async move { r.take(b).await }
         })
         .await;
-        tracing::info!(sink = %this.status.name, "sink worker finished");
+        // Parked batches are durable; the next start replays what is left.
+        replayer.abort();
+        let _ = replayer.await;
+        tracing::info!(sink = %r.w.status.name, parked = r.w.park.entries(), "sink worker finished");
+    }
+}
+
+impl Running {
+    fn name(&self) -> &str {
+        &self.w.status.name
     }
 
     /// The start-up check of the destination. A failure is logged and shown as `retrying`; the
-    /// worker goes on (deliveries are retried as usual), it never stops the daemon.
+    /// worker goes on (the park takes what cannot be delivered), it never stops the daemon.
     async fn check_health(&self) {
-        match self.sink.health_check().await {
+        match self.w.sink.health_check().await {
             Ok(()) => {
-                tracing::info!(sink = %self.status.name, destination = %self.status.destination, "destination reachable")
+                tracing::info!(sink = %self.name(), destination = %self.w.status.destination, "destination reachable")
             }
             Err(e) => {
-                self.status
+                self.w
+                    .status
                     .set_state(SinkState::Retrying, Some(e.to_string()));
-                tracing::error!(sink = %self.status.name, destination = %self.status.destination, error = %e, "start-up check failed: the destination is not reachable or not writable; deliveries will be retried");
+                tracing::error!(sink = %self.name(), destination = %self.w.status.destination, error = %e, "start-up check failed: the destination is not reachable or not writable; what cannot be delivered will be parked");
             }
         }
     }
@@ -90,11 +144,11 @@ impl Worker {
     /// The label of a batch this event opens: the S3 object key part. A key template that
     /// fails on this event files the batch under `unrendered-key/` and says so.
     fn label(&self, first: &Event) -> Option<String> {
-        match self.templates.render_key(self.index, first)? {
+        match self.w.templates.render_key(self.w.index, first)? {
             Ok(key) => Some(key),
             Err(e) => {
-                tracing::warn!(sink = %self.status.name, coords = %first.coords, error = %e, "the key template failed on a batch's first event; the batch goes under unrendered-key/");
-                metrics::counter!("auditstream_key_render_failures_total", "sink" => self.status.name.clone()).increment(1);
+                tracing::warn!(sink = %self.name(), coords = %first.coords, error = %e, "the key template failed on a batch's first event; the batch goes under unrendered-key/");
+                metrics::counter!("auditstream_key_render_failures_total", "sink" => self.name().to_string()).increment(1);
                 Some("unrendered-key/".into())
             }
         }
@@ -105,7 +159,7 @@ impl Worker {
         &self,
         event: Arc<Event>,
     ) -> Option<(crate::event::TopicPartition, Record, Arc<Event>)> {
-        match self.templates.render(self.index, &event) {
+        match self.w.templates.render(self.w.index, &event) {
             Ok(body) => Some((
                 event.coords.topic_partition(),
                 Record {
@@ -122,81 +176,369 @@ impl Worker {
                     headers: vec![],
                     payload: Some(event.raw.clone()),
                 };
-                let entry = QuarantineEntry::new(
-                    &msg,
-                    Some(&self.status.name),
-                    "render_failed",
-                    e.to_string(),
-                );
-                self.status.add_quarantined(1);
-                self.quarantine.submit(self.slot, entry);
+                let entry =
+                    QuarantineEntry::new(&msg, Some(self.name()), "render_failed", e.to_string());
+                self.w.status.add_quarantined(1);
+                self.w.quarantine.submit(self.w.slot, entry);
                 None
             }
         }
     }
 
-    /// Delivers one batch, however long it takes, then reports it finished.
-    async fn deliver(&self, batch: Batch) {
-        let started = Instant::now();
-        let mut policy = backoff_policy(&self.retry);
-        loop {
-            match self.sink.deliver(&batch).await {
-                Ok(()) => break,
-                Err(e) => {
-                    let wait = self.after_failure(&e, started, &mut policy);
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
-        if self.status.set_state(SinkState::Healthy, None) != SinkState::Healthy {
-            tracing::info!(sink = %self.status.name, "sink delivers again");
-        }
-        let n = batch.len() as u64;
-        self.status.add_delivered(n);
-        metrics::counter!("auditstream_delivered_events_total", "sink" => self.status.name.clone())
-            .increment(n);
+    /// Reports a batch's offsets finished for this sink.
+    fn finished(&self, batch: &Batch) {
         let report = Finished {
-            slot: self.slot,
+            slot: self.w.slot,
             tp: batch.tp.clone(),
             offsets: batch.offsets(),
         };
         // The source has gone only when the pipeline is stopping at once.
-        let _ = self.reports.send(report);
+        let _ = self.w.reports.send(report);
     }
 
-    /// Updates the state after a failed attempt and says how long to wait before the next.
-    fn after_failure(
-        &self,
-        e: &DeliveryError,
-        started: Instant,
-        policy: &mut ExponentialBackoff,
-    ) -> Duration {
-        let max_elapsed = self.retry.max_elapsed.get();
-        let broken = e.class == ErrorClass::Permanent || started.elapsed() >= max_elapsed;
-        let state = if broken {
-            SinkState::Broken
-        } else {
-            SinkState::Retrying
-        };
-        let before = self.status.set_state(state, Some(e.to_string()));
-        if broken && before != SinkState::Broken {
-            tracing::error!(sink = %self.status.name, error = %e, "sink is broken; its events are held (not committed) until it delivers again");
-        } else if !broken {
-            tracing::warn!(sink = %self.status.name, error = %e, "delivery failed; retrying");
+    fn delivered(&self, batch: &Batch, replayed: bool) {
+        let n = batch.len() as u64;
+        self.w.status.add_delivered(n);
+        let sink = self.name().to_string();
+        metrics::counter!("auditstream_delivered_events_total", "sink" => sink.clone())
+            .increment(n);
+        if replayed {
+            metrics::counter!("auditstream_replayed_events_total", "sink" => sink).increment(n);
         }
-        metrics::counter!("auditstream_delivery_retries_total", "sink" => self.status.name.clone())
-            .increment(1);
-        let backoff = if broken {
-            self.retry.max_interval.get()
-        } else {
-            policy
-                .next_backoff()
-                .unwrap_or(self.retry.max_interval.get())
+    }
+
+    /// Intake: deliver directly while the park is empty, park otherwise or on failure.
+    async fn take(&self, batch: Batch) {
+        if self.w.park.entries() == 0 {
+            match self.w.sink.deliver(&batch).await {
+                Ok(_) => {
+                    self.delivered(&batch, false);
+                    self.finished(&batch);
+                    return;
+                }
+                Err(e) => {
+                    let state = if e.is_permanent() {
+                        SinkState::Broken
+                    } else {
+                        SinkState::Retrying
+                    };
+                    self.transition(state, Some(&e));
+                    let detail = e.to_string();
+                    *self
+                        .intake_failure
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    self.park(batch, Some(&detail)).await;
+                    return;
+                }
+            }
+        }
+        self.park(batch, None).await;
+    }
+
+    /// Parks a batch durably (making room first), then reports it finished.
+    async fn park(&self, batch: Batch, error: Option<&str>) {
+        self.make_room(&batch).await;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.w.park.append(&batch, error).await {
+                Ok(_) => break,
+                Err(e) => {
+                    let why = format!("cannot park a batch: {e}; its offsets are held back until the park can be written");
+                    tracing::error!(sink = %self.name(), error = %e, "{why}");
+                    self.w.status.set_state(self.w.status.state(), Some(why));
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        let n = batch.len() as u64;
+        metrics::counter!("auditstream_parked_events_total", "sink" => self.name().to_string())
+            .increment(n);
+        self.finished(&batch);
+        self.parked.notify_one();
+    }
+
+    /// Waits for room in the park (`block`) or makes it (`drop_oldest`).
+    async fn make_room(&self, batch: &Batch) {
+        let mut told = false;
+        loop {
+            let total = self.w.park.total_bytes();
+            if total == 0 || total + batch.bytes as u64 <= self.w.limits.max_bytes {
+                if told {
+                    tracing::info!(sink = %self.name(), "the park has room again; taking new events");
+                }
+                return;
+            }
+            if self.w.limits.when_full == WhenFull::DropOldest && self.w.park.entries() > 0 {
+                self.export_head(ExportReason::DroppedOldest).await;
+                continue;
+            }
+            if !told {
+                told = true;
+                let why = format!(
+                    "the park is full ({total} of {} bytes): sink `{}` takes no new events until it drains; the source pauses, so every sink of this group waits (Kafka keeps the data)",
+                    self.w.limits.max_bytes,
+                    self.name()
+                );
+                tracing::error!(sink = %self.name(), "{why}");
+                self.w.status.set_state(self.w.status.state(), Some(why));
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.w.park.room()).await;
+        }
+    }
+
+    /// Exports the oldest parked batch and removes it (expiry, or dropping to make room).
+    async fn export_head(&self, reason: ExportReason) {
+        let head = match self.w.park.head() {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => return self.handle_store_error(e).await,
         };
-        // A destination that asks us to wait is obeyed, within reason.
-        e.retry_after
-            .map(|ra| ra.min(self.retry.max_interval.get()).max(backoff))
-            .unwrap_or(backoff)
+        let exporter = self.w.limits.exporter.clone();
+        let sink = self.name().to_string();
+        let entry = head.clone();
+        let exported = tokio::task::spawn_blocking(move || {
+            exporter.export(&sink, std::slice::from_ref(&entry), reason)
+        })
+        .await;
+        match exported {
+            Ok(Ok(mut proofs)) if !proofs.is_empty() => {
+                let path = proofs[0].path.clone();
+                if let Err(e) = self
+                    .w
+                    .park
+                    .release(&head, Release::Exported(proofs.remove(0)))
+                {
+                    return self.handle_store_error(e).await;
+                }
+                let n = head.header.events;
+                let what = match reason {
+                    ExportReason::Expired => "expired",
+                    _ => "dropped",
+                };
+                metrics::counter!(format!("auditstream_{what}_events_total"), "sink" => self.name().to_string()).increment(n);
+                tracing::error!(sink = %self.name(), events = n, parked_at = %head.header.parked_at, export = %path.display(), reason = reason.as_str(), "parked events left the park undelivered; they are in the export file");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(sink = %self.name(), error = %e, dir = %self.w.limits.exporter.dir().display(), "cannot write an export; the batch stays parked");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => tracing::error!(sink = %self.name(), error = %e, "the exporter failed"),
+        }
+    }
+
+    /// A store error while reading the park: a damaged entry is exported and removed; other
+    /// errors are logged and waited out.
+    async fn handle_store_error(&self, e: StoreError) {
+        match e {
+            StoreError::Corrupt(c) => {
+                let header = self.w.park.header_of(c.key);
+                tracing::error!(sink = %self.name(), entry = c.key, problem = %c.reason, "a parked entry is damaged; exporting what is readable and removing it");
+                let exported = self.w.limits.exporter.export_damaged(
+                    self.name(),
+                    c.key,
+                    header.as_ref(),
+                    &c.reason,
+                );
+                match exported {
+                    Ok(proof) => {
+                        if let Err(e) = self.w.park.release_damaged(proof) {
+                            tracing::error!(sink = %self.name(), error = %e, "cannot remove a damaged entry");
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                        metrics::counter!("auditstream_damaged_entries_total", "sink" => self.name().to_string()).increment(1);
+                    }
+                    Err(e) => {
+                        tracing::error!(sink = %self.name(), error = %e, "cannot export a damaged entry");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+            other => {
+                tracing::error!(sink = %self.name(), error = %other, "cannot read the park; retrying");
+                self.w
+                    .status
+                    .set_state(self.w.status.state(), Some(format!("park store: {other}")));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// Exports parked batches older than `park.max_age` (the head is the oldest).
+    async fn expire_old(&self) {
+        let max_age = self.w.limits.max_age;
+        while let Some(oldest) = self.w.park.counts().oldest_ms() {
+            let age_ms = chrono::Utc::now().timestamp_millis() - oldest;
+            if age_ms < 0 || (age_ms as u128) < max_age.as_millis() {
+                return;
+            }
+            let before = self.w.park.entries();
+            self.export_head(ExportReason::Expired).await;
+            if self.w.park.entries() >= before {
+                return; // could not export; try again at the next sweep
+            }
+        }
+    }
+
+    /// Moves to `state`, logging the transitions people care about.
+    fn transition(&self, state: SinkState, error: Option<&DeliveryError>) {
+        let before = self
+            .w
+            .status
+            .set_state(state, error.map(ToString::to_string));
+        if before == state {
+            return;
+        }
+        let parked = self.w.park.counts();
+        match state {
+            SinkState::Retrying => {
+                tracing::warn!(sink = %self.name(), error = %error.map(ToString::to_string).unwrap_or_default(), "delivery failed: parking this sink's batches and retrying")
+            }
+            SinkState::Broken => {
+                tracing::error!(sink = %self.name(), error = %error.map(ToString::to_string).unwrap_or_default(), parked_events = parked.events(), "sink is broken: its batches are parked (nothing is lost) and it is probed until it recovers")
+            }
+            SinkState::Recovering => {
+                tracing::info!(sink = %self.name(), parked_events = parked.events(), "sink accepts deliveries again: replaying the park in order")
+            }
+            SinkState::Healthy => {
+                tracing::info!(sink = %self.name(), "park drained: delivering directly again")
+            }
+        }
+    }
+
+    /// The replayer: drains the park in order, with retries and probes while the sink fails.
+    async fn replay(self: Arc<Self>) {
+        let sweep =
+            (self.w.limits.max_age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut trouble: Option<Trouble> = None;
+        let mut next_sweep = Instant::now();
+        loop {
+            if Instant::now() >= next_sweep {
+                self.expire_old().await;
+                next_sweep = Instant::now() + sweep;
+            }
+            if self.w.park.entries() == 0 {
+                if trouble.is_none() && self.w.status.state() == SinkState::Recovering {
+                    self.transition(SinkState::Healthy, None);
+                }
+                tokio::select! {
+                    _ = self.parked.notified() => {}
+                    _ = tokio::time::sleep_until(next_sweep) => {}
+                }
+                continue;
+            }
+            // The intake parked after a failure: wait as that failure says before retrying.
+            let hint = self
+                .intake_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(e) = hint {
+                let t = trouble.get_or_insert_with(|| Trouble::new(&self.w.retry, &self.w.limits));
+                let (state, wait) = t.after(&e, self.w.status.state());
+                self.transition(state, Some(&e));
+                self.pause(wait, next_sweep).await;
+                continue;
+            }
+            let head = match self.w.park.head() {
+                Ok(Some(h)) => h,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.handle_store_error(e).await;
+                    continue;
+                }
+            };
+            match self.w.sink.deliver(&head.batch).await {
+                Ok(receipt) => {
+                    if let Err(e) = self.w.park.release(&head, Release::Delivered(receipt)) {
+                        self.handle_store_error(e).await;
+                    }
+                    self.delivered(&head.batch, true);
+                    trouble = None;
+                    let state = if self.w.park.entries() > 0 {
+                        SinkState::Recovering
+                    } else {
+                        SinkState::Healthy
+                    };
+                    self.transition(state, None);
+                }
+                Err(e) => {
+                    if let Err(se) = self.w.park.record_attempt(head.seq, &e.to_string()) {
+                        tracing::warn!(sink = %self.name(), error = %se, "cannot record a failed attempt");
+                    }
+                    let t =
+                        trouble.get_or_insert_with(|| Trouble::new(&self.w.retry, &self.w.limits));
+                    let (state, wait) = t.after(&e, self.w.status.state());
+                    self.transition(state, Some(&e));
+                    metrics::counter!("auditstream_delivery_retries_total", "sink" => self.name().to_string()).increment(1);
+                    self.pause(wait, next_sweep).await;
+                }
+            }
+        }
+    }
+
+    /// Sleeps `wait`, sweeping for expired entries when a sweep falls due meanwhile.
+    async fn pause(&self, wait: Duration, next_sweep: Instant) {
+        let until = Instant::now() + wait;
+        if next_sweep < until {
+            tokio::time::sleep_until(next_sweep).await;
+            self.expire_old().await;
+        }
+        tokio::time::sleep_until(until).await;
+    }
+}
+
+/// One stretch of failures: when it began and the two schedules.
+struct Trouble {
+    since: Instant,
+    max_elapsed: Duration,
+    retry: ExponentialBackoff,
+    probe: ExponentialBackoff,
+    broken: bool,
+}
+
+impl Trouble {
+    fn new(retry: &RetryConfig, limits: &ParkLimits) -> Self {
+        let probe = ExponentialBackoff {
+            current_interval: retry.initial_interval.get(),
+            initial_interval: retry.initial_interval.get(),
+            max_interval: limits.probe_max_interval,
+            randomization_factor: 0.1,
+            multiplier: 2.0,
+            max_elapsed_time: None,
+            ..ExponentialBackoff::default()
+        };
+        Self {
+            since: Instant::now(),
+            max_elapsed: retry.max_elapsed.get(),
+            retry: backoff_policy(retry),
+            probe,
+            broken: false,
+        }
+    }
+
+    /// The state after a failed attempt and how long to wait before the next one.
+    fn after(&mut self, e: &DeliveryError, current: SinkState) -> (SinkState, Duration) {
+        if e.is_permanent()
+            || current == SinkState::Recovering
+            || self.since.elapsed() >= self.max_elapsed
+        {
+            self.broken = true;
+        }
+        let (state, wait) = if self.broken {
+            (SinkState::Broken, self.probe.next_backoff())
+        } else {
+            (SinkState::Retrying, self.retry.next_backoff())
+        };
+        let wait = wait.unwrap_or(self.probe.max_interval);
+        // A destination that asks us to wait is obeyed, within the probe ceiling.
+        let wait = e
+            .retry_after
+            .map(|ra| ra.min(self.probe.max_interval).max(wait))
+            .unwrap_or(wait);
+        (state, wait)
     }
 }
 
@@ -220,14 +562,27 @@ mod tests {
     use super::*;
     use crate::config::HumanDuration;
 
-    #[test]
-    fn the_schedule_starts_at_initial_interval_and_doubles_to_the_cap() {
-        let retry = RetryConfig {
+    fn retry() -> RetryConfig {
+        RetryConfig {
             initial_interval: HumanDuration::from_millis(100),
             max_interval: HumanDuration::from_millis(700),
             max_elapsed: HumanDuration::from_secs(60),
-        };
-        let mut p = backoff_policy(&retry);
+        }
+    }
+
+    fn limits() -> ParkLimits {
+        ParkLimits {
+            max_bytes: 1 << 30,
+            when_full: WhenFull::Block,
+            max_age: Duration::from_secs(3600),
+            probe_max_interval: Duration::from_secs(5),
+            exporter: Exporter::new(std::path::Path::new("/nonexistent")),
+        }
+    }
+
+    #[test]
+    fn the_schedule_starts_at_initial_interval_and_doubles_to_the_cap() {
+        let mut p = backoff_policy(&retry());
         let waits: Vec<u128> = (0..6)
             .map(|_| p.next_backoff().unwrap().as_millis())
             .collect();
@@ -235,5 +590,45 @@ mod tests {
             let (lo, hi) = (base * 7 / 10, base * 13 / 10);
             assert!((lo..=hi).contains(w), "{waits:?}");
         }
+    }
+
+    #[test]
+    fn permanent_errors_and_failures_while_recovering_break_the_sink_at_once() {
+        let mut t = Trouble::new(&retry(), &limits());
+        let (s, _) = t.after(&DeliveryError::retryable("503"), SinkState::Healthy);
+        assert_eq!(s, SinkState::Retrying);
+        let (s, _) = t.after(&DeliveryError::permanent("401"), SinkState::Retrying);
+        assert_eq!(s, SinkState::Broken);
+        let (s, _) = t.after(&DeliveryError::retryable("503"), SinkState::Broken);
+        assert_eq!(
+            s,
+            SinkState::Broken,
+            "broken stays broken until a delivery succeeds"
+        );
+
+        let mut t = Trouble::new(&retry(), &limits());
+        let (s, _) = t.after(&DeliveryError::retryable("reset"), SinkState::Recovering);
+        assert_eq!(s, SinkState::Broken);
+    }
+
+    #[test]
+    fn probes_double_up_to_the_probe_ceiling_and_retry_after_is_obeyed() {
+        let mut t = Trouble::new(&retry(), &limits());
+        let waits: Vec<Duration> = (0..10)
+            .map(|_| {
+                t.after(&DeliveryError::permanent("403"), SinkState::Broken)
+                    .1
+            })
+            .collect();
+        assert!(waits[0] < Duration::from_millis(150), "{waits:?}");
+        assert!(
+            waits.iter().all(|w| *w <= Duration::from_millis(5500)),
+            "{waits:?}"
+        );
+        assert!(waits[9] >= Duration::from_millis(4500), "{waits:?}");
+        let mut t = Trouble::new(&retry(), &limits());
+        let mut e = DeliveryError::retryable("429");
+        e.retry_after = Some(Duration::from_secs(3));
+        assert_eq!(t.after(&e, SinkState::Healthy).1, Duration::from_secs(3));
     }
 }

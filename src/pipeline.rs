@@ -17,10 +17,12 @@ use anyhow::Context as _;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::deliver::Worker;
+use crate::deliver::{ParkLimits, Worker};
 use crate::fanout::{Filter, Route, Router};
 use crate::offsets::Slot;
+use crate::park::export::Exporter;
 use crate::park::quarantine::{run_writer, Quarantine};
+use crate::park::SinkPark;
 use crate::park::Store;
 use crate::shutdown::{Shutdown, Stage};
 use crate::sink::{self, Sink};
@@ -33,7 +35,7 @@ pub struct Pipeline {
     config: Config,
     templates: Arc<Templates>,
     store: Store,
-    sinks: Vec<Box<dyn Sink>>,
+    sinks: Vec<(Box<dyn Sink>, SinkPark)>,
     status: Arc<Status>,
 }
 
@@ -47,12 +49,14 @@ impl Pipeline {
             let sink = sink::build(sc)
                 .await
                 .with_context(|| format!("starting sink `{}`", sc.name))?;
+            let park = store.sink_park(&sc.name)?;
             statuses.push(Arc::new(SinkStatus::new(
                 &sc.name,
                 sc.type_name(),
                 sink.describe(),
+                park.counts(),
             )));
-            sinks.push(sink);
+            sinks.push((sink, park));
         }
         Ok(Self {
             config,
@@ -90,7 +94,14 @@ impl Pipeline {
         ));
 
         let mut routes = Vec::with_capacity(sinks.len());
-        for (index, (sink, sc)) in sinks.into_iter().zip(&config.sinks).enumerate() {
+        let limits = ParkLimits {
+            max_bytes: config.park.max_bytes.bytes(),
+            when_full: config.park.when_full,
+            max_age: config.park.max_age.get(),
+            probe_max_interval: config.park.probe_max_interval.get(),
+            exporter: Exporter::new(&config.park.expired_dir),
+        };
+        for (index, ((sink, park), sc)) in sinks.into_iter().zip(&config.sinks).enumerate() {
             let slot = Slot::sink(index).context("too many sinks")?;
             let (queue, events) = tokio::sync::mpsc::unbounded_channel();
             routes.push(Route {
@@ -109,6 +120,8 @@ impl Pipeline {
                 status: status.sinks[index].clone(),
                 reports: reports_tx.clone(),
                 quarantine: quarantine.clone(),
+                park,
+                limits: limits.clone(),
             };
             tasks.spawn(worker.run(events));
         }

@@ -8,6 +8,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::park::ParkCounts;
+
 /// A sink's health, as the contract names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,6 +51,7 @@ pub struct SinkStatus {
     health: Mutex<Health>,
     delivered: AtomicU64,
     quarantined: AtomicU64,
+    park: Arc<ParkCounts>,
 }
 
 /// A copy of one sink's status at one moment.
@@ -64,10 +67,15 @@ pub struct SinkSnapshot {
     pub last_error: Option<String>,
     pub delivered_events: u64,
     pub quarantined_events: u64,
+    pub parked_entries: u64,
+    pub parked_events: u64,
+    pub parked_bytes: u64,
+    /// When the oldest parked batch was parked (RFC 3339), if any.
+    pub oldest_parked_at: Option<String>,
 }
 
 impl SinkStatus {
-    pub fn new(name: &str, kind: &'static str, destination: String) -> Self {
+    pub fn new(name: &str, kind: &'static str, destination: String, park: Arc<ParkCounts>) -> Self {
         Self {
             name: name.to_string(),
             kind,
@@ -79,7 +87,13 @@ impl SinkStatus {
             }),
             delivered: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
+            park,
         }
+    }
+
+    /// This sink's park counts.
+    pub fn park(&self) -> &ParkCounts {
+        &self.park
     }
 
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
@@ -131,6 +145,13 @@ impl SinkStatus {
             last_error: h.last_error,
             delivered_events: self.delivered(),
             quarantined_events: self.quarantined(),
+            parked_entries: self.park.entries(),
+            parked_events: self.park.events(),
+            parked_bytes: self.park.bytes(),
+            oldest_parked_at: self.park.oldest_ms().and_then(|ms| {
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            }),
         }
     }
 }

@@ -348,11 +348,12 @@ async fn http_retries_transient_failures_and_every_event_arrives_in_order() {
     let path = dir.path().join("c.toml");
     std::fs::write(&path, text).unwrap();
     let running = start_pipeline(&path).await;
-    let status = running.status.clone();
-    wait_until("every message committed", LONG, || {
-        status.source.committable() >= ids.len() as u64
+    let sink = running.status.sink("siem").unwrap().clone();
+    wait_until("every event delivered", LONG, || {
+        sink.delivered() >= ids.len() as u64
     })
     .await;
+    assert_eq!(sink.snapshot().parked_events, 0, "the park drained");
     running.stop().await.unwrap();
 
     let seen = parse_seen(&receiver.accepted_lines());
@@ -382,7 +383,7 @@ async fn http_retries_transient_failures_and_every_event_arrives_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_permanent_errors_break_the_sink_at_once_and_hold_the_offsets() {
+async fn http_permanent_errors_break_the_sink_at_once_and_park_until_it_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::new();
     receiver.then(Answer::Status(401));
@@ -401,7 +402,7 @@ async fn http_permanent_errors_break_the_sink_at_once_and_hold_the_offsets() {
         sink.state() == SinkState::Broken
     })
     .await;
-    // Broken on the first answer: a permanent error is not put through the backoff schedule.
+    // Broken on the first answer: a permanent error is not put through the retry schedule.
     assert_eq!(receiver.requests().len(), 1);
     let snap = sink.snapshot();
     assert!(
@@ -412,20 +413,25 @@ async fn http_permanent_errors_break_the_sink_at_once_and_hold_the_offsets() {
         snap.last_error.as_deref().unwrap().contains("scripted 401"),
         "{snap:?}"
     );
-    assert_eq!(
-        running.status.source.committable(),
-        0,
-        "nothing committed while broken"
-    );
-
-    // The credentials are fixed: the held batch goes through, nothing was lost.
-    receiver.then(Answer::Ok);
+    // Nothing is dropped: every event is parked, durably, and only then committed.
     let status = running.status.clone();
-    wait_until("every message committed", LONG, || {
+    wait_until("every message parked and committed", LONG, || {
         status.source.committable() >= ids.len() as u64
     })
     .await;
-    assert_eq!(sink.state(), SinkState::Healthy);
+    assert_eq!(sink.snapshot().parked_events, ids.len() as u64);
+    assert_eq!(sink.delivered(), 0);
+
+    // The credentials are fixed: the next probe replays the park in order.
+    receiver.then(Answer::Ok);
+    wait_until("the park to drain", LONG, || {
+        sink.snapshot().parked_events == 0
+    })
+    .await;
+    wait_until("the sink to be healthy", LONG, || {
+        sink.state() == SinkState::Healthy
+    })
+    .await;
     running.stop().await.unwrap();
     let seen = parse_seen(&receiver.accepted_lines());
     assert_eq!(assert_all_arrived(&ids, &seen), 0);

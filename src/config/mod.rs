@@ -89,19 +89,45 @@ impl Default for PipelineConfig {
     }
 }
 
-/// `[park]`: the persistent sled store for quarantined events (and, later, parked batches).
+/// `[park]`: the persistent sled store for parked batches and quarantined events.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ParkConfig {
     pub path: PathBuf,
+    /// The most parked batches may take, all sinks together (records as they would be sent).
+    pub max_bytes: ByteSize,
+    /// What happens when `max_bytes` is reached.
+    pub when_full: WhenFull,
+    /// Parked batches older than this are exported to `expired_dir` and removed.
+    pub max_age: HumanDuration,
+    /// Where expired, dropped and purged batches are exported (NDJSON, one record per line).
+    pub expired_dir: PathBuf,
+    /// The longest wait between recovery probes of a broken sink.
+    pub probe_max_interval: HumanDuration,
 }
 
 impl Default for ParkConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("var/park"),
+            max_bytes: ByteSize::gib(10),
+            when_full: WhenFull::Block,
+            max_age: HumanDuration::from_secs(7 * 86_400),
+            expired_dir: PathBuf::from("var/expired"),
+            probe_max_interval: HumanDuration::from_secs(300),
         }
     }
+}
+
+/// `park.when_full`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Stop taking new events for the full sink: the source pauses (Kafka keeps the data).
+    #[default]
+    Block,
+    /// Export the oldest parked batches to `expired_dir` and remove them to make room.
+    DropOldest,
 }
 
 /// One `[[sinks]]` entry: a destination with its template, filter, batching and retries.

@@ -124,7 +124,8 @@ impl Store {
         for entry in entries {
             let key = self.next_key()?;
             let value = codec::encode(&serde_json::to_vec(entry)?);
-            self.quarantine
+            self.inner
+                .quarantine
                 .insert(key, value)
                 .map_err(|e| self.sled_err(e))?;
         }
@@ -135,7 +136,7 @@ impl Store {
     pub fn quarantine_entries(
         &self,
     ) -> impl Iterator<Item = Result<(u64, QuarantineEntry), StoreError>> + '_ {
-        self.quarantine.iter().map(move |kv| {
+        self.inner.quarantine.iter().map(move |kv| {
             let (k, v) = kv.map_err(|e| self.sled_err(e))?;
             let key = key_to_u64(&k);
             let payload = codec::decode(key, &v)?;

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{DeliveryError, Sink};
+use super::{DeliveryError, Receipt, Sink};
 use crate::batch::Batch;
 use crate::config::FileSinkConfig;
 
@@ -165,7 +165,7 @@ fn last_rotation(path: &Path) -> io::Result<u32> {
 
 #[async_trait]
 impl Sink for FileSink {
-    async fn deliver(&self, batch: &Batch) -> Result<(), DeliveryError> {
+    async fn deliver(&self, batch: &Batch) -> Result<Receipt, DeliveryError> {
         let bytes = batch.lines();
         let state = self.state.clone();
         let path = self.path.clone();
@@ -183,7 +183,8 @@ impl Sink for FileSink {
                 }
                 _ => DeliveryError::retryable(detail),
             }
-        })
+        })?;
+        Ok(Receipt::for_batch(batch))
     }
 
     fn describe(&self) -> String {

@@ -22,7 +22,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
 use super::compress::compress;
-use super::{DeliveryError, Sink};
+use super::{DeliveryError, Receipt, Sink};
 use crate::batch::{Batch, Record};
 use crate::config::{Compression, HttpAuth, HttpEncoding, HttpMethod, HttpSinkConfig};
 
@@ -315,11 +315,11 @@ fn redacted(url: &Url) -> String {
 
 #[async_trait]
 impl Sink for HttpSink {
-    async fn deliver(&self, batch: &Batch) -> Result<(), DeliveryError> {
+    async fn deliver(&self, batch: &Batch) -> Result<Receipt, DeliveryError> {
         for range in self.plan(&batch.records) {
             self.send(&batch.records[range]).await?;
         }
-        Ok(())
+        Ok(Receipt::for_batch(batch))
     }
 
     fn describe(&self) -> String {

@@ -71,11 +71,41 @@ impl fmt::Display for DeliveryError {
     }
 }
 
+/// Proof that a destination accepted one batch. Only sinks can make one (its constructor is
+/// private to this module), so the park, which removes a parked batch only in exchange for the
+/// receipt of that same batch, cannot be emptied without a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    topic: std::sync::Arc<str>,
+    partition: i32,
+    first: Option<i64>,
+    last: Option<i64>,
+    records: usize,
+}
+
+impl Receipt {
+    /// Made by a sink once the destination has `batch`.
+    pub(in crate::sink) fn for_batch(batch: &Batch) -> Self {
+        Self {
+            topic: batch.tp.topic.clone(),
+            partition: batch.tp.partition,
+            first: batch.first_offset(),
+            last: batch.last_offset(),
+            records: batch.len(),
+        }
+    }
+
+    /// Whether this receipt is for `batch`.
+    pub fn is_for(&self, batch: &Batch) -> bool {
+        *self == Self::for_batch(batch)
+    }
+}
+
 /// A destination for batches of rendered records.
 #[async_trait]
 pub trait Sink: Send + Sync {
-    /// Sends one batch. `Ok` means the destination has it.
-    async fn deliver(&self, batch: &Batch) -> Result<(), DeliveryError>;
+    /// Sends one batch. `Ok` means the destination has it, and carries the receipt.
+    async fn deliver(&self, batch: &Batch) -> Result<Receipt, DeliveryError>;
 
     /// Checks that the destination is reachable (and, where cheap, writable).
     async fn health_check(&self) -> Result<(), DeliveryError> {

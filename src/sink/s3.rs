@@ -40,7 +40,7 @@ use aws_sdk_s3::types::{
 use aws_sdk_s3::Client;
 
 use super::compress::{compress, extension};
-use super::{DeliveryError, Sink};
+use super::{DeliveryError, Receipt, Sink};
 use crate::batch::Batch;
 use crate::config::{self, ChecksumMode, HealthCheck, S3SinkConfig};
 
@@ -365,9 +365,10 @@ where
 
 #[async_trait]
 impl Sink for S3Sink {
-    async fn deliver(&self, batch: &Batch) -> Result<(), DeliveryError> {
+    async fn deliver(&self, batch: &Batch) -> Result<Receipt, DeliveryError> {
         let key = self.object_key(batch);
-        self.put(&key, batch.lines(), batch).await
+        self.put(&key, batch.lines(), batch).await?;
+        Ok(Receipt::for_batch(batch))
     }
 
     async fn health_check(&self) -> Result<(), DeliveryError> {

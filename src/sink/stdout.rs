@@ -5,14 +5,14 @@ use std::io::Write;
 
 use async_trait::async_trait;
 
-use super::{DeliveryError, Sink};
+use super::{DeliveryError, Receipt, Sink};
 use crate::batch::Batch;
 
 pub struct StdoutSink;
 
 #[async_trait]
 impl Sink for StdoutSink {
-    async fn deliver(&self, batch: &Batch) -> Result<(), DeliveryError> {
+    async fn deliver(&self, batch: &Batch) -> Result<Receipt, DeliveryError> {
         let bytes = batch.lines();
         tokio::task::spawn_blocking(move || {
             let mut out = std::io::stdout().lock();
@@ -25,7 +25,8 @@ impl Sink for StdoutSink {
             // Whoever read our output has gone; retrying cannot bring them back.
             std::io::ErrorKind::BrokenPipe => DeliveryError::permanent(format!("stdout: {e}")),
             _ => DeliveryError::retryable(format!("stdout: {e}")),
-        })
+        })?;
+        Ok(Receipt::for_batch(batch))
     }
 
     fn describe(&self) -> String {

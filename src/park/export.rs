@@ -1,0 +1,178 @@
+//! Exports of parked batches that leave the park without being delivered: expired
+//! (`park.max_age`), dropped to make room (`when_full = "drop_oldest"`), purged by a person, or
+//! damaged. Nothing leaves quietly: each record is written to `park.expired_dir` as one JSON
+//! line with its metadata, the file is fsynced, and only then does the exporter hand out the
+//! [`Exported`] proofs that let the park remove the entries.
+//!
+//! File: `<expired_dir>/<sink>-<reason>-<UTC time>-<first seq>.ndjson`. Line:
+//!
+//! ```json
+//! {"sink":"siem","reason":"expired","entry":12,"topic":"audit","partition":0,"offset":41,
+//!  "parked_at":"...","attempts":9,"last_error":"HTTP 503 ...","label":null,"record":"<as it would be sent>"}
+//! ```
+
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::entry::{Parked, ParkedHeader};
+
+/// Why entries left the park undelivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportReason {
+    Expired,
+    DroppedOldest,
+    Purged,
+    Damaged,
+}
+
+impl ExportReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportReason::Expired => "expired",
+            ExportReason::DroppedOldest => "dropped_oldest",
+            ExportReason::Purged => "purged",
+            ExportReason::Damaged => "damaged",
+        }
+    }
+}
+
+/// Proof that the entry `seq` was written to an export file and fsynced.
+#[derive(Debug)]
+pub struct Exported {
+    seq: u64,
+    pub path: PathBuf,
+}
+
+impl Exported {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    sink: &'a str,
+    reason: &'a str,
+    entry: u64,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    parked_at: &'a str,
+    attempts: u32,
+    last_error: Option<&'a str>,
+    label: Option<&'a str>,
+    record: &'a str,
+}
+
+/// Writes export files into one directory.
+#[derive(Debug, Clone)]
+pub struct Exporter {
+    dir: PathBuf,
+}
+
+impl Exporter {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `entries` (in order) and returns one proof per entry.
+    pub fn export(
+        &self,
+        sink: &str,
+        entries: &[Parked],
+        reason: ExportReason,
+    ) -> io::Result<Vec<Exported>> {
+        let Some(first) = entries.first() else {
+            return Ok(Vec::new());
+        };
+        let path = self.file_for(sink, reason, first.seq);
+        let mut out = self.create(&path)?;
+        for p in entries {
+            for r in &p.batch.records {
+                write_line(&mut out, sink, reason, p.seq, &p.header, r.offset, &r.body)?;
+            }
+        }
+        self.finish(out, &path)?;
+        Ok(entries
+            .iter()
+            .map(|p| Exported {
+                seq: p.seq,
+                path: path.clone(),
+            })
+            .collect())
+    }
+
+    /// Exports the header of an entry whose records cannot be read.
+    pub fn export_damaged(
+        &self,
+        sink: &str,
+        seq: u64,
+        header: Option<&ParkedHeader>,
+        problem: &str,
+    ) -> io::Result<Exported> {
+        let path = self.file_for(sink, ExportReason::Damaged, seq);
+        let mut out = self.create(&path)?;
+        let line = serde_json::json!({
+            "sink": sink, "reason": "damaged", "entry": seq, "problem": problem, "header": header,
+        });
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+        self.finish(out, &path)?;
+        Ok(Exported { seq, path })
+    }
+
+    fn file_for(&self, sink: &str, reason: ExportReason, seq: u64) -> PathBuf {
+        let now = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+        self.dir
+            .join(format!("{sink}-{}-{now}-{seq}.ndjson", reason.as_str()))
+    }
+
+    fn create(&self, path: &Path) -> io::Result<BufWriter<std::fs::File>> {
+        std::fs::create_dir_all(&self.dir)?;
+        let f = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(BufWriter::new(f))
+    }
+
+    fn finish(&self, out: BufWriter<std::fs::File>, path: &Path) -> io::Result<()> {
+        let f = out.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        tracing::debug!(path = %path.display(), "export written");
+        Ok(())
+    }
+}
+
+fn write_line(
+    out: &mut impl Write,
+    sink: &str,
+    reason: ExportReason,
+    seq: u64,
+    h: &ParkedHeader,
+    offset: i64,
+    record: &str,
+) -> io::Result<()> {
+    let line = Line {
+        sink,
+        reason: reason.as_str(),
+        entry: seq,
+        topic: &h.topic,
+        partition: h.partition,
+        offset,
+        parked_at: &h.parked_at,
+        attempts: h.attempts,
+        last_error: h.last_error.as_deref(),
+        label: h.label.as_deref(),
+        record,
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    out.write_all(b"\n")
+}

@@ -1,0 +1,399 @@
+//! One sink's park: a durable FIFO of batches (see the rules in the module above).
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use super::codec::{self, key_to_u64, CorruptEntry};
+use super::entry::{decode_records, encode_records, Parked, ParkedHeader};
+use super::export::Exported;
+use super::{check_release, Counts, Store, StoreError};
+use crate::batch::Batch;
+use crate::sink::Receipt;
+
+/// What lets an entry leave the park.
+#[derive(Debug)]
+pub enum Release {
+    /// The sink delivered this very batch.
+    Delivered(Receipt),
+    /// The entry was exported to `expired_dir` and the file fsynced.
+    Exported(Exported),
+}
+
+/// One sink's park counts, kept in memory for status, metrics and limits.
+#[derive(Debug, Default)]
+pub struct ParkCounts {
+    entries: AtomicU64,
+    events: AtomicU64,
+    bytes: AtomicU64,
+    /// When the oldest entry was parked (ms since the epoch), 0 when empty.
+    oldest_ms: AtomicI64,
+}
+
+impl ParkCounts {
+    pub fn entries(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
+    }
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    /// When the oldest parked entry was parked, if any.
+    pub fn oldest_ms(&self) -> Option<i64> {
+        match self.oldest_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(ms),
+        }
+    }
+    fn set(&self, c: Counts) {
+        self.entries.store(c.entries, Ordering::Relaxed);
+        self.events.store(c.events, Ordering::Relaxed);
+        self.bytes.store(c.bytes, Ordering::Relaxed);
+    }
+    fn get(&self) -> Counts {
+        Counts {
+            entries: self.entries(),
+            events: self.events(),
+            bytes: self.bytes(),
+        }
+    }
+}
+
+/// The park of one sink.
+#[derive(Clone)]
+pub struct SinkPark {
+    store: Store,
+    name: Arc<str>,
+    meta: sled::Tree,
+    data: sled::Tree,
+    counts: Arc<ParkCounts>,
+}
+
+type TxError = TransactionError<StoreError>;
+
+impl SinkPark {
+    pub(super) fn open(store: Store, name: &str) -> Result<Self, StoreError> {
+        let db = &store.inner.db;
+        let meta = db
+            .open_tree(format!("park:{name}:meta"))
+            .map_err(|e| store.sled_err(e))?;
+        let data = db
+            .open_tree(format!("park:{name}:data"))
+            .map_err(|e| store.sled_err(e))?;
+        let counts = {
+            let mut parks = store.inner.parks.lock().unwrap_or_else(|p| p.into_inner());
+            parks.entry(name.to_string()).or_default().clone()
+        };
+        let park = Self {
+            store,
+            name: name.into(),
+            meta,
+            data,
+            counts,
+        };
+        park.check_counters()?;
+        Ok(park)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The in-memory counts (shared with the status).
+    pub fn counts(&self) -> Arc<ParkCounts> {
+        self.counts.clone()
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.counts.entries()
+    }
+
+    /// Bytes parked across all sinks of the store.
+    pub fn total_bytes(&self) -> u64 {
+        self.store.total_bytes()
+    }
+
+    /// Resolves when any park in the store has released an entry (room may have appeared).
+    pub async fn room(&self) {
+        self.store.inner.freed.notified().await
+    }
+
+    /// Compares the persisted counters with a scan of the headers; repairs them if they differ.
+    /// Returns the counts found.
+    fn check_counters(&self) -> Result<Counts, StoreError> {
+        let mut scanned = Counts::default();
+        let mut oldest = 0;
+        for kv in self.meta.iter() {
+            let (k, v) = kv.map_err(|e| self.store.sled_err(e))?;
+            let h = decode_header(key_to_u64(&k), &v)?;
+            if scanned.entries == 0 {
+                oldest = h.parked_at_ms;
+            }
+            scanned.entries += 1;
+            scanned.events += h.events;
+            scanned.bytes += h.bytes;
+        }
+        let stored = self.persisted_counts()?;
+        if stored != scanned {
+            tracing::warn!(sink = %self.name, ?stored, ?scanned, "park counters did not match the store (an interrupted write?); using the scanned values");
+            self.store
+                .inner
+                .counters
+                .insert(
+                    self.name.as_bytes(),
+                    codec::encode(&serde_json::to_vec(&scanned)?),
+                )
+                .map_err(|e| self.store.sled_err(e))?;
+        }
+        let before = self.counts.get();
+        self.counts.set(scanned);
+        self.counts.oldest_ms.store(oldest, Ordering::Relaxed);
+        self.store.inner.total_bytes.fetch_add(
+            scanned.bytes.saturating_sub(before.bytes),
+            Ordering::Relaxed,
+        );
+        if scanned.entries > 0 {
+            tracing::info!(sink = %self.name, entries = scanned.entries, events = scanned.events, bytes = scanned.bytes, "parked batches from an earlier run");
+        }
+        Ok(scanned)
+    }
+
+    fn persisted_counts(&self) -> Result<Counts, StoreError> {
+        match self
+            .store
+            .inner
+            .counters
+            .get(self.name.as_bytes())
+            .map_err(|e| self.store.sled_err(e))?
+        {
+            Some(v) => Ok(serde_json::from_slice(codec::decode(0, &v)?)?),
+            None => Ok(Counts::default()),
+        }
+    }
+
+    /// Parks a batch (after `error`, when a delivery failed) and flushes: once this returns,
+    /// the batch is durable and its offsets may be committed. Returns its sequence number.
+    pub async fn append(&self, batch: &Batch, error: Option<&str>) -> Result<u64, StoreError> {
+        let header = ParkedHeader::new(batch, error);
+        let key = self.store.next_key()?;
+        let meta_value = codec::encode(&serde_json::to_vec(&header)?);
+        let data_value = codec::encode(&encode_records(batch));
+        let name = self.name.as_bytes();
+        let counters = &self.store.inner.counters;
+        let (events, bytes) = (header.events, header.bytes);
+        let updated = (&self.meta, &self.data, counters)
+            .transaction(|(m, d, c)| {
+                m.insert(&key, meta_value.as_slice())?;
+                d.insert(&key, data_value.as_slice())?;
+                let mut n = read_counts(c.get(name)?)?;
+                n.entries += 1;
+                n.events += events;
+                n.bytes += bytes;
+                c.insert(name, write_counts(&n)?)?;
+                Ok(n)
+            })
+            .map_err(|e| self.tx_err(e))?;
+        self.store.flush().await?;
+        if self.counts.entries() == 0 {
+            self.counts
+                .oldest_ms
+                .store(header.parked_at_ms, Ordering::Relaxed);
+        }
+        self.counts.set(updated);
+        self.store
+            .inner
+            .total_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        Ok(key_to_u64(&key))
+    }
+
+    /// The oldest entry, read in full (records checked), without removing it.
+    pub fn head(&self) -> Result<Option<Parked>, StoreError> {
+        let Some((k, v)) = self.meta.first().map_err(|e| self.store.sled_err(e))? else {
+            return Ok(None);
+        };
+        self.read(key_to_u64(&k), &v).map(Some)
+    }
+
+    /// The oldest `limit` entries' headers, for listings.
+    pub fn headers(&self, limit: usize) -> Result<Vec<(u64, ParkedHeader)>, StoreError> {
+        self.meta
+            .iter()
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| self.store.sled_err(e))?;
+                let seq = key_to_u64(&k);
+                Ok((seq, decode_header(seq, &v)?))
+            })
+            .collect()
+    }
+
+    /// The newest entry's header.
+    pub fn newest(&self) -> Result<Option<(u64, ParkedHeader)>, StoreError> {
+        match self.meta.last().map_err(|e| self.store.sled_err(e))? {
+            Some((k, v)) => {
+                let seq = key_to_u64(&k);
+                Ok(Some((seq, decode_header(seq, &v)?)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every entry in order, read in full, for exports and offline replays.
+    pub fn entries_iter(&self) -> impl Iterator<Item = Result<Parked, StoreError>> + '_ {
+        self.meta.iter().map(move |kv| {
+            let (k, v) = kv.map_err(|e| self.store.sled_err(e))?;
+            self.read(key_to_u64(&k), &v)
+        })
+    }
+
+    fn read(&self, seq: u64, meta: &[u8]) -> Result<Parked, StoreError> {
+        let header = decode_header(seq, meta)?;
+        let data = self
+            .data
+            .get(seq.to_be_bytes())
+            .map_err(|e| self.store.sled_err(e))?
+            .ok_or_else(|| CorruptEntry {
+                key: seq,
+                reason: "its records are missing".into(),
+            })?;
+        let batch = decode_records(seq, &header, codec::decode(seq, &data)?)?;
+        Ok(Parked { seq, header, batch })
+    }
+
+    /// The header of entry `seq`, when its records cannot be read (for exporting it).
+    pub fn header_of(&self, seq: u64) -> Option<ParkedHeader> {
+        let v = self.meta.get(seq.to_be_bytes()).ok()??;
+        decode_header(seq, &v).ok()
+    }
+
+    /// Records a failed delivery attempt of entry `seq`.
+    pub fn record_attempt(&self, seq: u64, error: &str) -> Result<(), StoreError> {
+        let key = seq.to_be_bytes();
+        let Some(v) = self.meta.get(key).map_err(|e| self.store.sled_err(e))? else {
+            return Ok(());
+        };
+        let mut h = decode_header(seq, &v)?;
+        h.attempts = h.attempts.saturating_add(1);
+        h.last_error = Some(error.to_string());
+        h.last_attempt_at =
+            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        // Only if the entry is still there (a concurrent release may have removed it).
+        let _ = self
+            .meta
+            .compare_and_swap(key, Some(v), Some(codec::encode(&serde_json::to_vec(&h)?)))
+            .map_err(|e| self.store.sled_err(e))?;
+        Ok(())
+    }
+
+    /// Removes an entry in exchange for its receipt or export proof.
+    pub fn release(&self, parked: &Parked, release: Release) -> Result<(), StoreError> {
+        check_release(parked, &release)?;
+        self.remove(parked.seq, parked.header.events, parked.header.bytes)
+    }
+
+    /// Removes a damaged entry once it was exported (its header may be unreadable).
+    pub fn release_damaged(&self, exported: Exported) -> Result<(), StoreError> {
+        let seq = exported.seq();
+        let (events, bytes) = self.header_of(seq).map_or((0, 0), |h| (h.events, h.bytes));
+        self.remove(seq, events, bytes)
+    }
+
+    fn remove(&self, seq: u64, events: u64, bytes: u64) -> Result<(), StoreError> {
+        let key = seq.to_be_bytes();
+        let name = self.name.as_bytes();
+        let counters = &self.store.inner.counters;
+        let result = (&self.meta, &self.data, counters)
+            .transaction(|(m, d, c)| {
+                if m.remove(&key)?.is_none() {
+                    // Already released (an expiry and a delivery raced): nothing to count.
+                    return Ok(None);
+                }
+                d.remove(&key)?;
+                let mut n = read_counts(c.get(name)?)?;
+                n.entries = n.entries.saturating_sub(1);
+                n.events = n.events.saturating_sub(events);
+                n.bytes = n.bytes.saturating_sub(bytes);
+                c.insert(name, write_counts(&n)?)?;
+                Ok(Some(n))
+            })
+            .map_err(|e| self.tx_err(e))?;
+        if let Some(n) = result {
+            self.store.inner.freed.notify_waiters();
+            self.counts.set(n);
+            let _ = self.store.inner.total_bytes.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |t| Some(t.saturating_sub(bytes)),
+            );
+            let oldest = match self.meta.first() {
+                Ok(Some((k, v))) => decode_header(key_to_u64(&k), &v)
+                    .map(|h| h.parked_at_ms)
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            self.counts.oldest_ms.store(oldest, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn tx_err(&self, e: TxError) -> StoreError {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => self.store.sled_err(e),
+        }
+    }
+
+    /// Scans both trees and checks every entry's frames and the counters: for tests and
+    /// `parked list --verify`. Returns the counts found.
+    pub fn verify(&self) -> Result<Counts, StoreError> {
+        let mut found = Counts::default();
+        for p in self.entries_iter() {
+            let p = p?;
+            found.entries += 1;
+            found.events += p.header.events;
+            found.bytes += p.header.bytes;
+        }
+        let data_keys = self.data.iter().keys().count() as u64;
+        if data_keys != found.entries {
+            return Err(CorruptEntry {
+                key: 0,
+                reason: format!("{data_keys} record sets for {} headers", found.entries),
+            }
+            .into());
+        }
+        let stored = self.persisted_counts()?;
+        if stored != found {
+            return Err(CorruptEntry {
+                key: 0,
+                reason: format!("counters {stored:?} but the store holds {found:?}"),
+            }
+            .into());
+        }
+        Ok(found)
+    }
+}
+
+fn decode_header(seq: u64, v: &[u8]) -> Result<ParkedHeader, StoreError> {
+    Ok(serde_json::from_slice(codec::decode(seq, v)?)?)
+}
+
+fn read_counts(v: Option<sled::IVec>) -> Result<Counts, ConflictableTransactionError<StoreError>> {
+    let Some(v) = v else {
+        return Ok(Counts::default());
+    };
+    let payload = codec::decode(0, &v)
+        .map_err(|e| ConflictableTransactionError::Abort(StoreError::Corrupt(e)))?;
+    serde_json::from_slice(payload)
+        .map_err(|e| ConflictableTransactionError::Abort(StoreError::Encode(e)))
+}
+
+fn write_counts(c: &Counts) -> Result<Vec<u8>, ConflictableTransactionError<StoreError>> {
+    serde_json::to_vec(c)
+        .map(|v| codec::encode(&v))
+        .map_err(|e| ConflictableTransactionError::Abort(StoreError::Encode(e)))
+}
