@@ -57,6 +57,11 @@ enum Command {
         #[command(subcommand)]
         action: QuarantineAction,
     },
+    /// Inspect and act on parked deliveries (the daemon must be stopped: sled is single-process).
+    Parked {
+        #[command(subcommand)]
+        action: ParkedAction,
+    },
     /// Run the whole pipeline on an embedded default, with no external services.
     Demo {
         /// How many audit events to generate.
@@ -68,6 +73,53 @@ enum Command {
         /// Use this Kafka cluster (a fresh topic is created) instead of the in-process one.
         #[arg(long)]
         brokers: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ParkedAction {
+    /// Per sink: entries, events, bytes, oldest, newest, last error.
+    List {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// The oldest parked entries of one sink.
+    Show {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        sink: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Deliver one sink's park now, in order.
+    Replay {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        sink: String,
+    },
+    /// Export entries older than a duration to park.expired_dir, then remove them.
+    Purge {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        sink: String,
+        /// e.g. 3d, 12h
+        #[arg(long)]
+        older_than: String,
+        /// Really do it.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Every parked record of one sink as NDJSON (they stay parked).
+    Export {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        sink: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -126,6 +178,26 @@ fn main() -> ExitCode {
             sink,
             event,
         } => cli::render(&config, &sink, event.as_deref()),
+        Command::Parked { action } => match action {
+            ParkedAction::List { config } => cli::parked_list(&config),
+            ParkedAction::Show {
+                config,
+                sink,
+                limit,
+            } => cli::parked_show(&config, &sink, limit),
+            ParkedAction::Replay { config, sink } => {
+                runtime.block_on(cli::parked_replay(&config, &sink))
+            }
+            ParkedAction::Purge {
+                config,
+                sink,
+                older_than,
+                yes,
+            } => cli::parked_purge(&config, &sink, &older_than, yes),
+            ParkedAction::Export { config, sink, out } => {
+                cli::parked_export(&config, &sink, out.as_ref())
+            }
+        },
         Command::Quarantine { action } => match action {
             QuarantineAction::List { config, limit } => cli::quarantine_list(&config, limit),
             QuarantineAction::Export { config, out } => {

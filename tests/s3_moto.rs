@@ -176,3 +176,98 @@ async fn a_missing_bucket_is_a_permanent_error() {
     let e = s.health_check().await.unwrap_err();
     assert!(e.is_permanent(), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto_server in MOTO_S3_ENDPOINT; .ci/run starts one and runs it"]
+async fn a_missing_bucket_parks_and_replays_once_the_bucket_exists() {
+    use auditstream::embedded_kafka::EmbeddedKafka;
+    use auditstream::status::SinkState;
+    use common::*;
+
+    let endpoint = endpoint();
+    let bucket = format!("late-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic("audit", 2).unwrap();
+    let ids = produce_events(&kafka, "audit", 51, 600);
+    let mut text = config_head(kafka.bootstrap_servers(), "g-late", "audit", dir.path());
+    text = text.replace("[park]", "[park]\nprobe_max_interval = \"1s\"");
+    text += &format!(
+        r#"
+[[sinks]]
+name = "archive"
+type = "s3"
+bucket = "{bucket}"
+endpoint = "{endpoint}"
+force_path_style = true
+region = "us-east-1"
+access_key_id = "moto"
+secret_access_key = "moto"
+compression = "gzip"
+template = '{COORDS_TEMPLATE}'
+[sinks.batch]
+max_events = 100
+max_age = "100ms"
+[sinks.retry]
+initial_interval = "100ms"
+max_interval = "500ms"
+"#
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let running = start_pipeline(&path).await;
+    let archive = running.status.sink("archive").unwrap().clone();
+    wait_until("everything parked", Duration::from_secs(60), || {
+        archive.snapshot().parked_events == ids.len() as u64
+    })
+    .await;
+    assert_eq!(archive.state(), SinkState::Broken);
+    assert!(archive
+        .snapshot()
+        .last_error
+        .unwrap()
+        .contains("NoSuchBucket"));
+
+    client(&endpoint, RequestChecksumCalculation::WhenSupported)
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    wait_until("the replay", Duration::from_secs(60), || {
+        archive.delivered() >= ids.len() as u64 && archive.snapshot().parked_events == 0
+    })
+    .await;
+    running.stop().await.unwrap();
+    let admin = client(&endpoint, RequestChecksumCalculation::WhenSupported);
+    let list = admin
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for o in list.contents() {
+        let body = admin
+            .get_object()
+            .bucket(&bucket)
+            .key(o.key().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        let mut text = String::new();
+        use std::io::Read;
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        seen.extend(parse_seen(
+            &text.lines().map(str::to_string).collect::<Vec<_>>(),
+        ));
+    }
+    assert_eq!(assert_all_arrived(&ids, &seen), 0);
+}

@@ -97,9 +97,7 @@ impl Exporter {
         let path = self.file_for(sink, reason, first.seq);
         let mut out = self.create(&path)?;
         for p in entries {
-            for r in &p.batch.records {
-                write_line(&mut out, sink, reason, p.seq, &p.header, r.offset, &r.body)?;
-            }
+            write_entry(&mut out, sink, reason.as_str(), p)?;
         }
         self.finish(out, &path)?;
         Ok(entries
@@ -151,28 +149,25 @@ impl Exporter {
     }
 }
 
-fn write_line(
-    out: &mut impl Write,
-    sink: &str,
-    reason: ExportReason,
-    seq: u64,
-    h: &ParkedHeader,
-    offset: i64,
-    record: &str,
-) -> io::Result<()> {
-    let line = Line {
-        sink,
-        reason: reason.as_str(),
-        entry: seq,
-        topic: &h.topic,
-        partition: h.partition,
-        offset,
-        parked_at: &h.parked_at,
-        attempts: h.attempts,
-        last_error: h.last_error.as_deref(),
-        label: h.label.as_deref(),
-        record,
-    };
-    serde_json::to_writer(&mut *out, &line)?;
-    out.write_all(b"\n")
+/// Writes one entry's records as export lines (also used by `auditstream parked export`).
+pub fn write_entry(out: &mut impl Write, sink: &str, reason: &str, p: &Parked) -> io::Result<()> {
+    let h: &ParkedHeader = &p.header;
+    for r in &p.batch.records {
+        let line = Line {
+            sink,
+            reason,
+            entry: p.seq,
+            topic: &h.topic,
+            partition: h.partition,
+            offset: r.offset,
+            parked_at: &h.parked_at,
+            attempts: h.attempts,
+            last_error: h.last_error.as_deref(),
+            label: h.label.as_deref(),
+            record: &r.body,
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
 }

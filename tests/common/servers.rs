@@ -89,6 +89,8 @@ pub struct ReceiverState {
     pub then: Option<Answer>,
     /// Bodies larger than this get 413.
     pub max_body: Option<usize>,
+    /// Requests without exactly this `Authorization` get 401.
+    pub require_auth: Option<String>,
     pub requests: Vec<Received>,
 }
 
@@ -112,6 +114,11 @@ impl Receiver {
 
     pub fn then(&self, answer: Answer) -> &Self {
         self.state.lock().unwrap().then = Some(answer);
+        self
+    }
+
+    pub fn require_auth(&self, value: &str) -> &Self {
+        self.state.lock().unwrap().require_auth = Some(value.to_string());
         self
     }
 
@@ -191,7 +198,14 @@ async fn handle(State(rx): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
     };
     let answer = {
         let mut st = rx.state.lock().unwrap();
-        if st.max_body.is_some_and(|m| body.len() > m) {
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+        if st
+            .require_auth
+            .as_deref()
+            .is_some_and(|want| Some(want) != auth)
+        {
+            Answer::Status(401)
+        } else if st.max_body.is_some_and(|m| body.len() > m) {
             Answer::Status(413)
         } else {
             st.script
@@ -327,5 +341,46 @@ impl Pki {
             builder.with_no_client_auth()
         };
         builder.with_single_cert(certs, key).unwrap()
+    }
+}
+
+/// A TCP front for `target` that can be switched off: while off it closes every connection
+/// (new and open ones), like a destination that went away.
+#[derive(Clone)]
+pub struct Switch {
+    pub addr: SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Switch {
+    pub async fn start(target: SocketAddr, up: bool) -> Switch {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(up);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let mut rx = rx.clone();
+                tokio::spawn(async move {
+                    if !*rx.borrow() {
+                        return; // closed at once
+                    }
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = rx.wait_for(|up| !*up) => {} // switched off: drop both ends
+                    }
+                });
+            }
+        });
+        Switch { addr, up: tx }
+    }
+
+    pub fn set(&self, up: bool) {
+        self.up.send_replace(up);
     }
 }
