@@ -3,10 +3,12 @@
 //! real destination on 127.0.0.1, one sink at a time.
 //!
 //! ```sh
-//! cargo run --release --example bench -- [--events N] [--event-bytes B] [--sinks file,s3,http]
+//! cargo run --release --example bench -- [--events N] [--event-bytes B] [--sinks file,s3,http] [--park]
 //! ```
 //!
-//! It prints events/s and MiB/s (of event JSON in) per sink, and the peak RSS.
+//! It prints events/s and MiB/s (of event JSON in) per sink, and the peak RSS. With `--park`
+//! it also measures the park: batches of 1000 rendered events written durably (each append
+//! flushed), then replayed in order to a file sink, each entry released with its receipt.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,6 +37,7 @@ struct Args {
     events: usize,
     event_bytes: usize,
     sinks: Vec<String>,
+    park: bool,
 }
 
 fn args() -> Args {
@@ -42,6 +45,7 @@ fn args() -> Args {
         events: 200_000,
         event_bytes: 500,
         sinks: vec!["file".into(), "s3".into(), "http".into()],
+        park: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -51,6 +55,11 @@ fn args() -> Args {
             "--events" => a.events = value.parse().expect("--events N"),
             "--event-bytes" => a.event_bytes = value.parse().expect("--event-bytes B"),
             "--sinks" => a.sinks = value.split(',').map(str::to_string).collect(),
+            "--park" => {
+                a.park = true;
+                i += 1;
+                continue;
+            }
             other => panic!("unknown argument {other}; see the header of examples/bench.rs"),
         }
         i += 2;
@@ -225,6 +234,54 @@ async fn run_one(kind: &str, payloads: Arc<Vec<Bytes>>, dir: &Path) -> Duration 
     took
 }
 
+/// Park write (durable) and replay times for `payloads` as 1000-event batches.
+async fn park_bench(payloads: &[Bytes], dir: &Path) -> (Duration, Duration) {
+    use auditstream::batch::{Batch, Record};
+    use auditstream::event::TopicPartition;
+    let store = Store::open(&dir.join("park")).unwrap();
+    let park = store.sink_park("bench").unwrap();
+    let batches: Vec<Batch> = payloads
+        .chunks(1000)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut b = Batch::new(
+                TopicPartition {
+                    topic: "bench".into(),
+                    partition: 0,
+                },
+                None,
+            );
+            for (j, p) in chunk.iter().enumerate() {
+                b.push(Record {
+                    offset: (i * 1000 + j) as i64,
+                    body: String::from_utf8_lossy(p).into_owned(),
+                });
+            }
+            b
+        })
+        .collect();
+    let started = Instant::now();
+    for b in &batches {
+        park.append(b, Some("bench")).await.unwrap();
+    }
+    let write = started.elapsed();
+    let text = format!(
+        "[kafka]\nbrokers = \"unused\"\ntopics = [\"bench\"]\n[[sinks]]\nname = \"out\"\ntype = \"file\"\npath = \"{}\"\n",
+        dir.join("replayed.jsonl").display()
+    );
+    let config = parse_str(&text, "bench", &|_| None).unwrap();
+    let sink = auditstream::sink::build(&config.sinks[0]).await.unwrap();
+    let started = Instant::now();
+    while let Some(head) = park.head().unwrap() {
+        let receipt = sink.deliver(&head.batch).await.unwrap();
+        park.release(&head, auditstream::park::Release::Delivered(receipt))
+            .unwrap();
+    }
+    let replay = started.elapsed();
+    assert_eq!(park.verify().unwrap().entries, 0);
+    (write, replay)
+}
+
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -266,6 +323,15 @@ async fn main() {
             secs
         );
         results.insert(kind.clone(), secs);
+    }
+    if a.park {
+        let dir = tempfile::tempdir().unwrap();
+        let (write, replay) = park_bench(&payloads, dir.path()).await;
+        println!(
+            "\npark: written durably {:.0} events/s, replayed to a file sink {:.0} events/s",
+            a.events as f64 / write.as_secs_f64(),
+            a.events as f64 / replay.as_secs_f64()
+        );
     }
     println!(
         "\npeak RSS {:.0} MiB; {} cores",
