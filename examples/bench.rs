@@ -182,6 +182,7 @@ async fn run_one(kind: &str, payloads: Arc<Vec<Bytes>>, dir: &Path) -> Duration 
             probe_max_interval: config.park.probe_max_interval.get(),
             exporter: Exporter::new(&dir.join("expired")),
         },
+        probe_now: Arc::new(tokio::sync::Notify::new()),
     };
     drop(qqueue);
     let started = Instant::now();

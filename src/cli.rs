@@ -178,112 +178,13 @@ fn read_event(source: Option<&str>) -> Result<Vec<u8>, String> {
     }
 }
 
-/// Opens the park store named by a configuration, for the offline commands.
-fn open_store(path: &Path) -> Result<Store, ExitCode> {
-    let (config, _) = load_or_report(path)?;
-    Store::open(&config.park.path).map_err(|e| {
-        eprintln!("{e}");
-        ExitCode::from(FAILURE)
-    })
-}
-
-/// `auditstream quarantine list`: one line per quarantined message.
-pub fn quarantine_list(path: &Path, limit: Option<usize>) -> ExitCode {
-    let store = match open_store(path) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let mut out = std::io::stdout().lock();
-    let mut shown = 0;
-    let mut total = 0;
-    let mut damaged = 0;
-    for item in store.quarantine_entries() {
-        match item {
-            Ok((seq, e)) => {
-                total += 1;
-                if limit.is_some_and(|l| shown >= l) {
-                    continue;
-                }
-                shown += 1;
-                let line = format!(
-                    "{seq:>6}  {}  {:<10} {}/{}@{}  {}: {}\n",
-                    e.quarantined_at,
-                    e.sink.as_deref().unwrap_or("(decode)"),
-                    e.topic,
-                    e.partition,
-                    e.offset,
-                    e.kind,
-                    e.reason
-                );
-                if out.write_all(line.as_bytes()).is_err() {
-                    return ExitCode::from(FAILURE);
-                }
-            }
-            Err(e) => {
-                damaged += 1;
-                eprintln!("{e}");
-            }
-        }
-    }
-    eprintln!(
-        "{total} quarantined message{} in {}{}",
-        if total == 1 { "" } else { "s" },
-        store.path().display(),
-        if damaged > 0 {
-            format!(", {damaged} damaged entries")
-        } else {
-            String::new()
-        }
-    );
-    ExitCode::from(if damaged > 0 { FAILURE } else { OK })
-}
-
-/// `auditstream quarantine export`: every entry as one JSON object per line.
-pub fn quarantine_export(path: &Path, out: Option<&PathBuf>) -> ExitCode {
-    let store = match open_store(path) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let mut sink: Box<dyn Write> = match out {
-        Some(p) => match std::fs::File::create(p) {
-            Ok(f) => Box::new(std::io::BufWriter::new(f)),
-            Err(e) => {
-                eprintln!("cannot create {}: {e}", p.display());
-                return ExitCode::from(FAILURE);
-            }
-        },
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let mut n = 0;
-    let mut damaged = 0;
-    for item in store.quarantine_entries() {
-        match item {
-            Ok((_, e)) => {
-                let written = serde_json::to_writer(&mut sink, &e)
-                    .map_err(std::io::Error::other)
-                    .and_then(|_| sink.write_all(b"\n"));
-                if let Err(e) = written {
-                    eprintln!("writing the export: {e}");
-                    return ExitCode::from(FAILURE);
-                }
-                n += 1;
-            }
-            Err(e) => {
-                damaged += 1;
-                eprintln!("{e}");
-            }
-        }
-    }
-    if let Err(e) = sink.flush() {
-        eprintln!("writing the export: {e}");
-        return ExitCode::from(FAILURE);
-    }
-    eprintln!("exported {n} entries");
-    ExitCode::from(if damaged > 0 { FAILURE } else { OK })
-}
-
 /// `auditstream demo`.
-pub async fn demo(events: usize, out: PathBuf, brokers: Option<String>) -> ExitCode {
+pub async fn demo(
+    events: usize,
+    out: PathBuf,
+    brokers: Option<String>,
+    outage: std::time::Duration,
+) -> ExitCode {
     let shutdown = Shutdown::new();
     if let Err(e) = shutdown.on_signals() {
         eprintln!("cannot listen for signals: {e}");
@@ -294,6 +195,7 @@ pub async fn demo(events: usize, out: PathBuf, brokers: Option<String>) -> ExitC
             events,
             out,
             brokers,
+            outage,
         },
         shutdown,
     )
@@ -307,27 +209,196 @@ pub async fn demo(events: usize, out: PathBuf, brokers: Option<String>) -> ExitC
     }
 }
 
-/// Opens the park of one sink for the offline `parked` commands.
-fn open_park(path: &Path, sink: &str) -> Result<(Config, Store, crate::park::SinkPark), ExitCode> {
+/// Where the offline commands read from: the store itself, or a running daemon's admin API
+/// (sled is single-process, so while the daemon runs it holds the store).
+enum Access {
+    Local(Config, Store),
+    Daemon(Config, crate::admin::client::AdminClient),
+}
+
+fn access(path: &Path) -> Result<Access, ExitCode> {
     let (config, _) = load_or_report(path)?;
-    let store = Store::open(&config.park.path).map_err(|e| {
-        eprintln!("{e}");
-        if matches!(e, crate::park::StoreError::InUse { .. }) {
-            eprintln!("stop the daemon first: these commands need the store to themselves");
+    match Store::open(&config.park.path) {
+        Ok(store) => Ok(Access::Local(config, store)),
+        Err(crate::park::StoreError::InUse { .. }) if config.admin.enabled => {
+            match crate::admin::client::AdminClient::new(&config.admin) {
+                Ok(c) => {
+                    eprintln!("the daemon holds the park store; asking it at {}", c.base());
+                    Ok(Access::Daemon(config, c))
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Err(ExitCode::from(FAILURE))
+                }
+            }
         }
-        ExitCode::from(FAILURE)
-    })?;
-    if !config.sinks.iter().any(|s| s.name == sink)
-        && !store.sinks_with_parks().iter().any(|s| s == sink)
-    {
-        eprintln!("no sink named `{sink}` in the configuration or the park");
-        return Err(ExitCode::from(USAGE));
+        Err(e) => {
+            eprintln!("{e}");
+            if matches!(e, crate::park::StoreError::InUse { .. }) {
+                eprintln!("the daemon's admin API is disabled (admin.enabled = false): stop the daemon to use this command");
+            }
+            Err(ExitCode::from(FAILURE))
+        }
     }
-    let park = store.sink_park(sink).map_err(|e| {
+}
+
+/// Runs an admin API call from a synchronous command.
+fn remote<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> Result<T, ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(FAILURE)
+        })?;
+    rt.block_on(f).map_err(|e| {
+        eprintln!("{e:#}");
+        ExitCode::from(FAILURE)
+    })
+}
+
+fn write_out(out: Option<&PathBuf>, bytes: &[u8]) -> Result<(), ExitCode> {
+    let result = match out {
+        Some(p) => std::fs::write(p, bytes),
+        None => std::io::stdout().lock().write_all(bytes),
+    };
+    result.map_err(|e| {
+        eprintln!("writing the export: {e}");
+        ExitCode::from(FAILURE)
+    })
+}
+
+fn exit(r: Result<ExitCode, ExitCode>) -> ExitCode {
+    r.unwrap_or_else(|c| c)
+}
+
+fn quarantine_line(seq: u64, e: &crate::park::quarantine::QuarantineEntry) -> String {
+    format!(
+        "{seq:>6}  {}  {:<10} {}/{}@{}  {}: {}\n",
+        e.quarantined_at,
+        e.sink.as_deref().unwrap_or("(decode)"),
+        e.topic,
+        e.partition,
+        e.offset,
+        e.kind,
+        e.reason
+    )
+}
+
+/// `auditstream quarantine list`: one line per quarantined message.
+pub fn quarantine_list(path: &Path, limit: Option<usize>) -> ExitCode {
+    exit((|| {
+        let mut out = std::io::stdout().lock();
+        match access(path)? {
+            Access::Daemon(_, c) => {
+                let v = remote(c.get_json(&format!(
+                    "/quarantine?limit={}",
+                    limit.unwrap_or(usize::MAX)
+                )))?;
+                for e in v["quarantined"]
+                    .as_array()
+                    .map(|a| a.as_slice())
+                    .unwrap_or_default()
+                {
+                    let Ok(entry) = serde_json::from_value::<
+                        crate::park::quarantine::QuarantineEntry,
+                    >(e.clone()) else {
+                        continue;
+                    };
+                    let line = quarantine_line(e["entry"].as_u64().unwrap_or(0), &entry);
+                    let _ = out.write_all(line.as_bytes());
+                }
+                eprintln!("{} quarantined messages", v["total"]);
+                Ok(ExitCode::from(OK))
+            }
+            Access::Local(_, store) => {
+                let (mut shown, mut total, mut damaged) = (0, 0, 0);
+                for item in store.quarantine_entries() {
+                    match item {
+                        Ok((seq, e)) => {
+                            total += 1;
+                            if limit.is_some_and(|l| shown >= l) {
+                                continue;
+                            }
+                            shown += 1;
+                            let line = quarantine_line(seq, &e);
+                            if out.write_all(line.as_bytes()).is_err() {
+                                return Err(ExitCode::from(FAILURE));
+                            }
+                        }
+                        Err(e) => {
+                            damaged += 1;
+                            eprintln!("{e}");
+                        }
+                    }
+                }
+                eprintln!(
+                    "{total} quarantined message{} in {}{}",
+                    if total == 1 { "" } else { "s" },
+                    store.path().display(),
+                    if damaged > 0 {
+                        format!(", {damaged} damaged entries")
+                    } else {
+                        String::new()
+                    }
+                );
+                Ok(ExitCode::from(if damaged > 0 { FAILURE } else { OK }))
+            }
+        }
+    })())
+}
+
+/// `auditstream quarantine export`: every entry as one JSON object per line.
+pub fn quarantine_export(path: &Path, out: Option<&PathBuf>) -> ExitCode {
+    exit((|| {
+        let (bytes, n, damaged) = match access(path)? {
+            Access::Daemon(_, c) => {
+                let b = remote(c.get_bytes("/quarantine/export"))?;
+                let n = b.iter().filter(|x| **x == b'\n').count();
+                (b, n, 0)
+            }
+            Access::Local(_, store) => {
+                let (mut b, mut n, mut damaged) = (Vec::new(), 0, 0);
+                for item in store.quarantine_entries() {
+                    match item {
+                        Ok((_, e)) => {
+                            if serde_json::to_writer(&mut b, &e).is_err() {
+                                return Err(ExitCode::from(FAILURE));
+                            }
+                            b.push(b'\n');
+                            n += 1;
+                        }
+                        Err(e) => {
+                            damaged += 1;
+                            eprintln!("{e}");
+                        }
+                    }
+                }
+                (b, n, damaged)
+            }
+        };
+        write_out(out, &bytes)?;
+        eprintln!("exported {n} entries");
+        Ok(ExitCode::from(if damaged > 0 { FAILURE } else { OK }))
+    })())
+}
+
+fn known_sink(config: &Config, store: Option<&Store>, sink: &str) -> Result<(), ExitCode> {
+    let in_config = config.sinks.iter().any(|s| s.name == sink);
+    let in_store = store.is_some_and(|st| st.sinks_with_parks().iter().any(|s| s == sink));
+    if in_config || in_store {
+        Ok(())
+    } else {
+        eprintln!("no sink named `{sink}` in the configuration or the park");
+        Err(ExitCode::from(USAGE))
+    }
+}
+
+fn open_park(store: &Store, sink: &str) -> Result<crate::park::SinkPark, ExitCode> {
+    store.sink_park(sink).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(FAILURE)
-    })?;
-    Ok((config, store, park))
+    })
 }
 
 fn when(ms: Option<i64>) -> String {
@@ -336,216 +407,284 @@ fn when(ms: Option<i64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+fn parked_row(
+    name: &str,
+    entries: u64,
+    events: u64,
+    bytes: u64,
+    oldest: &str,
+    newest: &str,
+    last_error: &str,
+) -> String {
+    format!("{name:<16} {entries:>8} {events:>10} {bytes:>12}  {oldest:<20}  {newest:<20}  {last_error}")
+}
+
 /// `auditstream parked list`: per sink, what is parked.
 pub fn parked_list(path: &Path) -> ExitCode {
+    exit((|| {
+        println!(
+            "{:<16} {:>8} {:>10} {:>12}  {:<20}  {:<20}  last error",
+            "sink", "entries", "events", "bytes", "oldest", "newest"
+        );
+        match access(path)? {
+            Access::Daemon(_, c) => {
+                let v = remote(c.get_json("/status"))?;
+                for s in v["sinks"]
+                    .as_array()
+                    .map(|a| a.as_slice())
+                    .unwrap_or_default()
+                {
+                    println!(
+                        "{}",
+                        parked_row(
+                            s["name"].as_str().unwrap_or(""),
+                            s["parked_entries"].as_u64().unwrap_or(0),
+                            s["parked_events"].as_u64().unwrap_or(0),
+                            s["parked_bytes"].as_u64().unwrap_or(0),
+                            s["oldest_parked_at"].as_str().unwrap_or("-"),
+                            "-",
+                            s["last_error"].as_str().unwrap_or(""),
+                        )
+                    );
+                }
+                Ok(ExitCode::from(OK))
+            }
+            Access::Local(config, store) => {
+                let mut names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+                for n in store.sinks_with_parks() {
+                    if !names.contains(&n) {
+                        names.push(n);
+                    }
+                }
+                let mut code = OK;
+                for name in names {
+                    let park = match store.sink_park(&name) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            eprintln!("{name}: {e}");
+                            code = FAILURE;
+                            continue;
+                        }
+                    };
+                    let c = park.counts();
+                    let newest = park.newest().ok().flatten().map(|(_, h)| h.parked_at_ms);
+                    let last_error = park
+                        .headers(1)
+                        .ok()
+                        .and_then(|h| h.into_iter().next())
+                        .and_then(|(_, h)| h.last_error)
+                        .unwrap_or_default();
+                    println!(
+                        "{}",
+                        parked_row(
+                            &name,
+                            c.entries(),
+                            c.events(),
+                            c.bytes(),
+                            &when(c.oldest_ms()),
+                            &when(newest),
+                            &last_error
+                        )
+                    );
+                }
+                Ok(ExitCode::from(code))
+            }
+        }
+    })())
+}
+
+fn print_header(seq: u64, h: &crate::park::ParkedHeader) {
+    println!(
+        "{seq:>6}  parked {}  {}/{}@{}..{}  {} events  {} bytes  {} attempts  {}",
+        h.parked_at,
+        h.topic,
+        h.partition,
+        h.first_offset,
+        h.last_offset,
+        h.events,
+        h.bytes,
+        h.attempts,
+        h.last_error.as_deref().unwrap_or_default()
+    );
+}
+
+/// `auditstream parked show --sink S`: the oldest entries of one sink.
+pub fn parked_show(path: &Path, sink: &str, limit: usize) -> ExitCode {
+    exit((|| match access(path)? {
+        Access::Daemon(config, c) => {
+            known_sink(&config, None, sink)?;
+            let v = remote(c.get_json(&format!("/sinks/{sink}/parked?limit={limit}")))?;
+            for e in v["parked"]
+                .as_array()
+                .map(|a| a.as_slice())
+                .unwrap_or_default()
+            {
+                if let Ok(h) =
+                    serde_json::from_value::<crate::park::ParkedHeader>(e["header"].clone())
+                {
+                    print_header(e["entry"].as_u64().unwrap_or(0), &h);
+                }
+            }
+            eprintln!("{} entries parked for {sink}", v["entries"]);
+            Ok(ExitCode::from(OK))
+        }
+        Access::Local(config, store) => {
+            known_sink(&config, Some(&store), sink)?;
+            let park = open_park(&store, sink)?;
+            let headers = park.headers(limit).map_err(|e| {
+                eprintln!("{e}");
+                ExitCode::from(FAILURE)
+            })?;
+            for (seq, h) in headers {
+                print_header(seq, &h);
+            }
+            eprintln!("{} entries parked for {sink}", park.entries());
+            Ok(ExitCode::from(OK))
+        }
+    })())
+}
+
+/// `auditstream parked export --sink S --out FILE`: every parked record as NDJSON, kept.
+pub fn parked_export(path: &Path, sink: &str, out: Option<&PathBuf>) -> ExitCode {
+    exit((|| {
+        let bytes = match access(path)? {
+            Access::Daemon(config, c) => {
+                known_sink(&config, None, sink)?;
+                remote(c.get_bytes(&format!("/sinks/{sink}/parked/export")))?
+            }
+            Access::Local(config, store) => {
+                known_sink(&config, Some(&store), sink)?;
+                let park = open_park(&store, sink)?;
+                let mut b = Vec::new();
+                for entry in park.entries_iter() {
+                    let p = entry.map_err(|e| {
+                        eprintln!("{e}");
+                        ExitCode::from(FAILURE)
+                    })?;
+                    crate::park::export::write_entry(&mut b, sink, "parked", &p).map_err(|e| {
+                        eprintln!("{e}");
+                        ExitCode::from(FAILURE)
+                    })?;
+                }
+                b
+            }
+        };
+        write_out(out, &bytes)?;
+        let n = bytes.iter().filter(|b| **b == b'\n').count();
+        eprintln!("exported {n} parked events of {sink} (they stay parked)");
+        Ok(ExitCode::from(OK))
+    })())
+}
+
+/// `auditstream parked purge --sink S --older-than D --yes`: exports, then removes.
+pub fn parked_purge(path: &Path, sink: &str, older_than: &str, yes: bool) -> ExitCode {
+    exit((|| {
+        let age: crate::config::HumanDuration = older_than.parse().map_err(|e| {
+            eprintln!("--older-than: {e}");
+            ExitCode::from(USAGE)
+        })?;
+        let access = access(path)?;
+        if !yes {
+            let dir = match &access {
+                Access::Local(c, _) | Access::Daemon(c, _) => {
+                    c.park.expired_dir.display().to_string()
+                }
+            };
+            eprintln!("would export the parked entries of {sink} older than {age} to {dir} and remove them; add --yes to do it");
+            return Err(ExitCode::from(USAGE));
+        }
+        match access {
+            Access::Daemon(config, c) => {
+                known_sink(&config, None, sink)?;
+                let v =
+                    remote(c.post_json(&format!("/sinks/{sink}/purge?older_than={older_than}")))?;
+                eprintln!(
+                    "purged {} entries ({} events) of {sink}; their records are in {}",
+                    v["purged_entries"],
+                    v["purged_events"],
+                    config.park.expired_dir.display()
+                );
+                Ok(ExitCode::from(OK))
+            }
+            Access::Local(config, store) => {
+                known_sink(&config, Some(&store), sink)?;
+                let park = open_park(&store, sink)?;
+                let cutoff = chrono::Utc::now().timestamp_millis() - age.get().as_millis() as i64;
+                let exporter = crate::park::export::Exporter::new(&config.park.expired_dir);
+                let mut removed = 0;
+                loop {
+                    let p = match park.head() {
+                        Ok(Some(p)) if p.header.parked_at_ms <= cutoff => p,
+                        Ok(_) => break,
+                        Err(e) => {
+                            eprintln!("{e}");
+                            return Err(ExitCode::from(FAILURE));
+                        }
+                    };
+                    let result = exporter
+                        .export(
+                            sink,
+                            std::slice::from_ref(&p),
+                            crate::park::export::ExportReason::Purged,
+                        )
+                        .map_err(|e| e.to_string())
+                        .and_then(|mut proofs| {
+                            let proof = proofs.pop().ok_or("nothing exported")?;
+                            park.release(&p, crate::park::Release::Exported(proof))
+                                .map_err(|e| e.to_string())
+                        });
+                    if let Err(e) = result {
+                        eprintln!("purging entry {}: {e}", p.seq);
+                        return Err(ExitCode::from(FAILURE));
+                    }
+                    removed += 1;
+                }
+                eprintln!(
+                    "purged {removed} entries of {sink}; their records are in {}",
+                    config.park.expired_dir.display()
+                );
+                Ok(ExitCode::from(OK))
+            }
+        }
+    })())
+}
+
+fn progress(total: u64, sink: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} replaying {msg} [{bar:40}] {pos}/{len} events ({per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(sink.to_string());
+    bar
+}
+
+/// `auditstream parked replay --sink S`: delivers the park now, in order, with progress. While
+/// the daemon runs it asks the daemon to probe at once and follows its drain.
+pub async fn parked_replay(path: &Path, sink: &str) -> ExitCode {
     let (config, _) = match load_or_report(path) {
         Ok(x) => x,
         Err(code) => return code,
     };
     let store = match Store::open(&config.park.path) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(FAILURE);
-        }
-    };
-    let mut names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
-    for n in store.sinks_with_parks() {
-        if !names.contains(&n) {
-            names.push(n);
-        }
-    }
-    println!(
-        "{:<16} {:>8} {:>10} {:>12}  {:<20}  {:<20}  last error",
-        "sink", "entries", "events", "bytes", "oldest", "newest"
-    );
-    let mut code = OK;
-    for name in names {
-        let park = match store.sink_park(&name) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("{name}: {e}");
-                code = FAILURE;
-                continue;
-            }
-        };
-        let c = park.counts();
-        let newest = park.newest().ok().flatten().map(|(_, h)| h.parked_at_ms);
-        let last_error = park
-            .headers(1)
-            .ok()
-            .and_then(|h| h.into_iter().next())
-            .and_then(|(_, h)| h.last_error)
-            .unwrap_or_default();
-        println!(
-            "{:<16} {:>8} {:>10} {:>12}  {:<20}  {:<20}  {}",
-            name,
-            c.entries(),
-            c.events(),
-            c.bytes(),
-            when(c.oldest_ms()),
-            when(newest),
-            last_error
-        );
-    }
-    ExitCode::from(code)
-}
-
-/// `auditstream parked show --sink S`: the oldest entries of one sink.
-pub fn parked_show(path: &Path, sink: &str, limit: usize) -> ExitCode {
-    let (_, _, park) = match open_park(path, sink) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    match park.headers(limit) {
-        Ok(headers) => {
-            for (seq, h) in headers {
-                println!(
-                    "{seq:>6}  parked {}  {}/{}@{}..{}  {} events  {} bytes  {} attempts  {}",
-                    h.parked_at,
-                    h.topic,
-                    h.partition,
-                    h.first_offset,
-                    h.last_offset,
-                    h.events,
-                    h.bytes,
-                    h.attempts,
-                    h.last_error.unwrap_or_default()
-                );
-            }
-            eprintln!("{} entries parked for {sink}", park.entries());
-            ExitCode::from(OK)
+        Err(crate::park::StoreError::InUse { .. }) if config.admin.enabled => {
+            return replay_via_daemon(&config, sink).await;
         }
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::from(FAILURE)
-        }
-    }
-}
-
-/// `auditstream parked export --sink S --out FILE`: every parked record as NDJSON, kept.
-pub fn parked_export(path: &Path, sink: &str, out: Option<&PathBuf>) -> ExitCode {
-    let (_, _, park) = match open_park(path, sink) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    let mut w: Box<dyn Write> = match out {
-        Some(p) => match std::fs::File::create(p) {
-            Ok(f) => Box::new(std::io::BufWriter::new(f)),
-            Err(e) => {
-                eprintln!("cannot create {}: {e}", p.display());
-                return ExitCode::from(FAILURE);
-            }
-        },
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let mut n = 0u64;
-    for entry in park.entries_iter() {
-        let written = match entry {
-            Ok(p) => {
-                n += p.header.events;
-                crate::park::export::write_entry(&mut w, sink, "parked", &p)
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(FAILURE);
-            }
-        };
-        if let Err(e) = written {
-            eprintln!("writing the export: {e}");
-            return ExitCode::from(FAILURE);
-        }
-    }
-    if let Err(e) = w.flush() {
-        eprintln!("writing the export: {e}");
-        return ExitCode::from(FAILURE);
-    }
-    eprintln!("exported {n} parked events of {sink} (they stay parked)");
-    ExitCode::from(OK)
-}
-
-/// `auditstream parked purge --sink S --older-than D --yes`: exports, then removes.
-pub fn parked_purge(path: &Path, sink: &str, older_than: &str, yes: bool) -> ExitCode {
-    let age: crate::config::HumanDuration = match older_than.parse() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("--older-than: {e}");
-            return ExitCode::from(USAGE);
-        }
-    };
-    let (config, _, park) = match open_park(path, sink) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    let cutoff = chrono::Utc::now().timestamp_millis() - age.get().as_millis() as i64;
-    let headers = match park.headers(usize::MAX) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("{e}");
             return ExitCode::from(FAILURE);
         }
     };
-    let old: Vec<u64> = headers
-        .iter()
-        .filter(|(_, h)| h.parked_at_ms <= cutoff)
-        .map(|(seq, _)| *seq)
-        .collect();
-    let events: u64 = headers
-        .iter()
-        .filter(|(_, h)| h.parked_at_ms <= cutoff)
-        .map(|(_, h)| h.events)
-        .sum();
-    if !yes {
-        eprintln!(
-            "would export {} entries ({events} events) of {sink} to {} and remove them; add --yes to do it",
-            old.len(),
-            config.park.expired_dir.display()
-        );
-        return ExitCode::from(USAGE);
+    if let Err(c) = known_sink(&config, Some(&store), sink) {
+        return c;
     }
-    let exporter = crate::park::export::Exporter::new(&config.park.expired_dir);
-    let mut removed = 0;
-    for entry in park.entries_iter() {
-        let p = match entry {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(FAILURE);
-            }
-        };
-        if p.header.parked_at_ms > cutoff {
-            break;
-        }
-        let result = exporter
-            .export(
-                sink,
-                std::slice::from_ref(&p),
-                crate::park::export::ExportReason::Purged,
-            )
-            .map_err(|e| e.to_string())
-            .and_then(|mut proofs| {
-                let proof = proofs.pop().ok_or("nothing exported")?;
-                park.release(&p, crate::park::Release::Exported(proof))
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = result {
-            eprintln!("purging entry {}: {e}", p.seq);
-            return ExitCode::from(FAILURE);
-        }
-        removed += 1;
-    }
-    eprintln!(
-        "purged {removed} entries of {sink}; their records are in {}",
-        config.park.expired_dir.display()
-    );
-    ExitCode::from(OK)
-}
-
-/// `auditstream parked replay --sink S`: delivers the park now, in order, with progress.
-pub async fn parked_replay(path: &Path, sink: &str) -> ExitCode {
-    let (config, store, park) = match open_park(path, sink) {
-        Ok(x) => x,
-        Err(code) => return code,
+    let park = match open_park(&store, sink) {
+        Ok(p) => p,
+        Err(c) => return c,
     };
     let Some(sc) = config.sinks.iter().find(|s| s.name == sink) else {
         eprintln!(
@@ -561,15 +700,7 @@ pub async fn parked_replay(path: &Path, sink: &str) -> ExitCode {
         }
     };
     let total = park.counts().events();
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} replaying {msg} [{bar:40}] {pos}/{len} events ({per_sec}, {eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_message(sink.to_string());
+    let bar = progress(total, sink);
     loop {
         let head = match park.head() {
             Ok(Some(h)) => h,
@@ -606,4 +737,73 @@ pub async fn parked_replay(path: &Path, sink: &str) -> ExitCode {
     let _ = store.flush().await;
     eprintln!("replayed {total} events; the park of {sink} is empty");
     ExitCode::from(OK)
+}
+
+async fn replay_via_daemon(config: &Config, sink: &str) -> ExitCode {
+    if let Err(c) = known_sink(config, None, sink) {
+        return c;
+    }
+    let client = match crate::admin::client::AdminClient::new(&config.admin) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(FAILURE);
+        }
+    };
+    eprintln!(
+        "the daemon holds the park store; asking it to replay at {}",
+        client.base()
+    );
+    let parked = |v: &serde_json::Value| {
+        v["sinks"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == sink))
+            .map(|s| {
+                (
+                    s["parked_events"].as_u64().unwrap_or(0),
+                    s["state"].as_str().unwrap_or("").to_string(),
+                    s["last_error"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .unwrap_or_default()
+    };
+    let start = match client.get_json("/status").await {
+        Ok(v) => parked(&v).0,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::from(FAILURE);
+        }
+    };
+    if let Err(e) = client.post_json(&format!("/sinks/{sink}/replay")).await {
+        eprintln!("{e:#}");
+        return ExitCode::from(FAILURE);
+    }
+    let bar = progress(start, sink);
+    let mut stuck_since = std::time::Instant::now();
+    let mut last = start;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let (left, state, error) = match client.get_json("/status").await {
+            Ok(v) => parked(&v),
+            Err(e) => {
+                bar.abandon();
+                eprintln!("{e:#}");
+                return ExitCode::from(FAILURE);
+            }
+        };
+        bar.set_position(start.saturating_sub(left));
+        if left == 0 {
+            bar.finish();
+            eprintln!("the park of {sink} is empty");
+            return ExitCode::from(OK);
+        }
+        if left != last {
+            last = left;
+            stuck_since = std::time::Instant::now();
+        } else if state == "broken" && stuck_since.elapsed() > std::time::Duration::from_secs(10) {
+            bar.abandon();
+            eprintln!("the sink is still broken ({error}); {left} events stay parked and the daemon keeps probing");
+            return ExitCode::from(FAILURE);
+        }
+    }
 }

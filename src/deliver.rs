@@ -42,6 +42,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::batch::{self, Batch, Record};
 use crate::config::{BatchConfig, RetryConfig, WhenFull};
@@ -80,6 +81,8 @@ pub struct Worker {
     pub quarantine: Quarantine,
     pub park: SinkPark,
     pub limits: ParkLimits,
+    /// Rung by the admin API to probe a broken sink at once.
+    pub probe_now: Arc<Notify>,
 }
 
 /// The shared parts of a running worker: the intake and the replayer.
@@ -100,7 +103,7 @@ impl Worker {
             intake_failure: Mutex::new(None),
         });
         r.check_health().await;
-        let replayer = tokio::spawn(r.clone().replay());
+        let replayer = tokio::spawn(r.clone().replay().in_current_span());
         let (render, label) = (r.clone(), r.clone());
         let records =
             futures::stream::unfold(queue, |mut q| async move { q.recv().await.map(|e| (e, q)) })
@@ -203,6 +206,7 @@ impl Running {
         metrics::counter!("auditstream_delivered_events_total", "sink" => sink.clone())
             .increment(n);
         if replayed {
+            self.w.status.add_replayed(n);
             metrics::counter!("auditstream_replayed_events_total", "sink" => sink).increment(n);
         }
     }
@@ -479,14 +483,22 @@ impl Running {
         }
     }
 
-    /// Sleeps `wait`, sweeping for expired entries when a sweep falls due meanwhile.
+    /// Sleeps `wait` (cut short by a probe request from the admin API), sweeping for expired
+    /// entries when a sweep falls due meanwhile.
     async fn pause(&self, wait: Duration, next_sweep: Instant) {
         let until = Instant::now() + wait;
+        let probe_now = self.w.probe_now.notified();
+        tokio::pin!(probe_now);
         if next_sweep < until {
-            tokio::time::sleep_until(next_sweep).await;
-            self.expire_old().await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_sweep) => self.expire_old().await,
+                _ = &mut probe_now => return,
+            }
         }
-        tokio::time::sleep_until(until).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            _ = &mut probe_now => {}
+        }
     }
 }
 

@@ -36,6 +36,8 @@ pub struct DemoOptions {
     pub out: PathBuf,
     /// A real cluster to use instead of the in-process one.
     pub brokers: Option<String>,
+    /// How long the demo's `hec` endpoint is down at the start.
+    pub outage: Duration,
 }
 
 /// Where the demo's events go: the in-process cluster, or a real one.
@@ -115,12 +117,19 @@ pub async fn run(opts: DemoOptions, shutdown: Shutdown) -> anyhow::Result<()> {
     let started = Instant::now();
     prepare_out(&opts.out)?;
     let (kafka, topic, group) = Cluster::start(opts.brokers.as_deref()).await?;
+    let hec = hec::start(opts.outage, &opts.out.join("hec")).await?;
 
     let config_path = opts.out.join("auditstream.toml");
-    let text = demo_config(kafka.brokers(), &topic, &group, &opts.out);
+    let text = demo_config(kafka.brokers(), &topic, &group, &opts.out)
+        .replace("${DEMO_HEC_URL}", &hec.url);
     std::fs::write(&config_path, &text)
         .with_context(|| format!("writing {}", config_path.display()))?;
     let (config, templates) = cli::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let outbox = config
+        .alerts
+        .as_ref()
+        .map(|a| a.outbox_dir.clone())
+        .unwrap_or_default();
 
     let produced = produce(
         &kafka,
@@ -134,45 +143,129 @@ pub async fn run(opts: DemoOptions, shutdown: Shutdown) -> anyhow::Result<()> {
         produced.malformed,
         kafka.brokers()
     );
+    eprintln!(
+        "demo: the `hec` endpoint is down for the first {}s: watch its batches park and replay",
+        opts.outage.as_secs()
+    );
 
     let pipeline = Pipeline::build(config, templates).await?;
     let status = pipeline.status();
-    let outputs: Vec<(String, String)> = status
-        .sinks
-        .iter()
-        .map(|s| {
-            let out = s
-                .destination
-                .strip_prefix("file ")
-                .unwrap_or(&s.destination);
-            (s.name.clone(), out.to_string())
-        })
-        .collect();
     let run = tokio::spawn(pipeline.run(shutdown.clone()));
-
     let total = produced.total() as u64;
-    let finished = watch_progress(&status, total, &shutdown).await;
+    let finished = watch_progress(&status, total, &outbox, &shutdown).await;
+    let page = status.admin_addr.get().map(|a| format!("http://{a}/"));
     shutdown.request(Stage::Graceful);
     run.await.context("the pipeline task failed")??;
     if !finished {
         anyhow::bail!(
-            "the demo stopped before every message was committed ({} of {total})",
+            "the demo stopped before it was done ({} of {total} messages committed)",
             status.source.committable()
         );
     }
     print_summary(
         &status,
         &produced,
-        &outputs,
         &config_path,
+        &outbox,
+        page,
         started.elapsed(),
     );
     Ok(())
 }
 
+/// The demo's own Splunk-HEC-like endpoint: answers 503 until the outage is over, then
+/// accepts `Authorization: Splunk demo-token` and appends what it receives to a file.
+mod hec {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use tokio::io::AsyncWriteExt;
+    use tokio::time::Instant;
+
+    pub struct Hec {
+        pub url: String,
+    }
+
+    #[derive(Clone)]
+    struct Endpoint {
+        up_at: Instant,
+        file: PathBuf,
+        lock: Arc<tokio::sync::Mutex<()>>,
+    }
+
+    pub async fn start(outage: Duration, dir: &Path) -> anyhow::Result<Hec> {
+        std::fs::create_dir_all(dir)?;
+        let state = Endpoint {
+            up_at: Instant::now() + outage,
+            file: dir.join("received.json"),
+            lock: Arc::default(),
+        };
+        let app = axum::Router::new()
+            .route("/services/collector/event", axum::routing::post(receive))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Hec {
+            url: format!("http://{addr}/services/collector/event"),
+        })
+    }
+
+    async fn receive(
+        State(e): State<Endpoint>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> (StatusCode, &'static str) {
+        if Instant::now() < e.up_at {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"text":"Server is busy","code":9}"#,
+            );
+        }
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Splunk demo-token") {
+            return (
+                StatusCode::UNAUTHORIZED,
+                r#"{"text":"Invalid token","code":4}"#,
+            );
+        }
+        let _guard = e.lock.lock().await;
+        let written = async {
+            let mut f = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&e.file)
+                .await?;
+            f.write_all(&body).await?;
+            f.write_all(b"\n").await
+        }
+        .await;
+        match written {
+            Ok(()) => (StatusCode::OK, r#"{"text":"Success","code":0}"#),
+            Err(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"text":"disk","code":8}"#,
+            ),
+        }
+    }
+}
+
 /// Removes what a previous demo left in `out` (only the demo's own files).
 fn prepare_out(out: &Path) -> anyhow::Result<()> {
-    for sub in ["archive", "siem", "security", "park", "auditstream.toml"] {
+    for sub in [
+        "archive",
+        "siem",
+        "security",
+        "hec",
+        "park",
+        "outbox",
+        "expired",
+        "auditstream.toml",
+    ] {
         let p = out.join(sub);
         if p.is_dir() {
             std::fs::remove_dir_all(&p)?;
@@ -191,6 +284,31 @@ pub fn demo_config(brokers: &str, topic: &str, group: &str, out: &Path) -> Strin
         .replace("${DEMO_TOPIC}", topic)
         .replace("${DEMO_GROUP}", group)
         .replace("${DEMO_OUT}", &out.display().to_string())
+}
+
+/// The subjects of the alert emails in the outbox, oldest first.
+pub fn outbox_subjects(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut mails: Vec<(std::time::SystemTime, String)> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .filter_map(|e| {
+            let when = e.metadata().and_then(|m| m.modified()).ok()?;
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            // The header may be folded over several lines.
+            let mut lines = text.lines().skip_while(|l| !l.starts_with("Subject: "));
+            let mut subject = lines.next()?.trim_start_matches("Subject: ").to_string();
+            for l in lines.take_while(|l| l.starts_with(' ') || l.starts_with('\t')) {
+                subject.push(' ');
+                subject.push_str(l.trim());
+            }
+            Some((when, subject))
+        })
+        .collect();
+    mails.sort();
+    mails.into_iter().map(|(_, s)| s).collect()
 }
 
 struct Produced {
@@ -245,11 +363,17 @@ fn produce(
     })
 }
 
-/// Shows progress until every message is committed (true), or the demo is interrupted or
-/// makes no progress for a minute (false).
-async fn watch_progress(status: &Arc<Status>, total: u64, shutdown: &Shutdown) -> bool {
+/// Shows progress until every message is committed, the `hec` outage is over and replayed,
+/// and its "recovered" alert is in the outbox (true); or the demo is interrupted or makes no
+/// progress for a minute (false).
+async fn watch_progress(
+    status: &Arc<Status>,
+    total: u64,
+    outbox: &Path,
+    shutdown: &Shutdown,
+) -> bool {
     let tty = std::io::stderr().is_terminal();
-    let mut last = (0, Instant::now());
+    let mut last = (String::new(), Instant::now());
     let mut tick = tokio::time::interval(Duration::from_millis(if tty { 200 } else { 1000 }));
     loop {
         tokio::select! {
@@ -260,26 +384,43 @@ async fn watch_progress(status: &Arc<Status>, total: u64, shutdown: &Shutdown) -
         let sinks: Vec<String> = status
             .sinks
             .iter()
-            .map(|s| format!("{} {}", s.name, s.delivered()))
+            .map(|s| {
+                let snap = s.snapshot();
+                match snap.parked_events {
+                    0 => format!("{} {}", s.name, snap.delivered_events),
+                    p => format!(
+                        "{} {} ({}, {p} parked)",
+                        s.name,
+                        snap.delivered_events,
+                        snap.state.as_str()
+                    ),
+                }
+            })
             .collect();
         let line = format!(
-            "demo: committed {done}/{total} messages | delivered: {} | quarantined {}",
-            sinks.join(", "),
-            status.source.rejected() + status.sinks.iter().map(|s| s.quarantined()).sum::<u64>()
+            "demo: committed {done}/{total} | delivered: {}",
+            sinks.join(", ")
         );
         if tty {
             eprint!("\r{line}\x1b[K");
-        } else {
+        } else if line != last.0 {
             eprintln!("{line}");
         }
-        if done >= total {
+        let recovered = outbox_subjects(outbox)
+            .iter()
+            .any(|s| s.contains("recovered"));
+        let settled = status.sinks.iter().all(|s| {
+            let snap = s.snapshot();
+            snap.parked_events == 0 && snap.state == crate::status::SinkState::Healthy
+        });
+        if done >= total && settled && recovered {
             if tty {
                 eprintln!();
             }
             return true;
         }
-        if done != last.0 {
-            last = (done, Instant::now());
+        if line != last.0 {
+            last = (line, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(60) {
             eprintln!("\ndemo: no progress for a minute");
             return false;
@@ -290,8 +431,9 @@ async fn watch_progress(status: &Arc<Status>, total: u64, shutdown: &Shutdown) -
 fn print_summary(
     status: &Status,
     produced: &Produced,
-    outputs: &[(String, String)],
     config_path: &Path,
+    outbox: &Path,
+    page: Option<String>,
     took: Duration,
 ) {
     let config = config_path.display();
@@ -304,35 +446,67 @@ fn print_summary(
     );
     println!();
     println!(
-        "  {:<10} {:<6} {:>10} {:>12}  output",
-        "sink", "type", "delivered", "quarantined"
+        "  {:<9} {:<5} {:>9} {:>8} {:>11}  destination",
+        "sink", "type", "delivered", "replayed", "quarantined"
     );
-    for (s, (_, out)) in status.sinks.iter().zip(outputs) {
+    for s in &status.sinks {
+        let snap = s.snapshot();
+        let dest = snap
+            .destination
+            .strip_prefix("file ")
+            .unwrap_or(&snap.destination);
         println!(
-            "  {:<10} {:<6} {:>10} {:>12}  {out}",
-            s.name,
-            s.kind,
-            s.delivered(),
-            s.quarantined()
+            "  {:<9} {:<5} {:>9} {:>8} {:>11}  {dest}",
+            snap.name,
+            snap.kind,
+            snap.delivered_events,
+            snap.replayed_events,
+            snap.quarantined_events
         );
     }
     let render_failures: u64 = status.sinks.iter().map(|s| s.quarantined()).sum();
+    let replayed: u64 = status
+        .sinks
+        .iter()
+        .map(|s| s.snapshot().replayed_events)
+        .sum();
     println!();
     println!(
-        "  quarantined: {} messages that are not audit events (not JSON, not an object, not UTF-8,",
+        "  The `hec` endpoint was down at the start: {replayed} events were parked durably (their"
+    );
+    println!(
+        "  offsets committed), replayed in order when it came back, while the other sinks went on."
+    );
+    println!(
+        "  Quarantined: {} messages that are not audit events (not JSON, not an object, not UTF-8,",
         status.source.rejected()
     );
     println!(
-        "               too large, too deep, empty) and {render_failures} event a sink's template could not render."
+        "  too large, too deep, empty) and {render_failures} event a template could not render. Nothing was dropped."
     );
-    println!("  Nothing was dropped: each is in the quarantine with its raw bytes and the reason.");
+    let subjects = outbox_subjects(outbox);
+    println!();
+    println!(
+        "Alert emails (no SMTP server in the demo, so they are files in {}):",
+        outbox.display()
+    );
+    for s in &subjects {
+        println!("  {s}");
+    }
     println!();
     println!("Look at the results:");
-    if let Some((_, siem)) = outputs.iter().find(|(n, _)| n == "siem") {
-        println!("  head -3 {siem}");
-    }
+    println!(
+        "  head -3 {}",
+        config_path
+            .with_file_name("siem")
+            .join("events.json")
+            .display()
+    );
     println!("  auditstream quarantine list --config {config}");
-    println!("  auditstream render --config {config} --sink siem      (the siem template on a sample event)");
+    println!("  auditstream render --config {config} --sink hec      (the hec template on a sample event)");
+    if let Some(p) = page {
+        println!("  (the status page was at {p} while the demo ran)");
+    }
     println!();
     println!("Point it at your own Kafka:");
     println!(

@@ -21,6 +21,8 @@
 //! - [`pipeline`]: wires the stages for `run` and `demo`; start-up and graceful stop.
 //! - [`demo`]: the embedded demo; [`embedded_kafka`]: the in-process Kafka cluster it uses.
 
+pub mod admin;
+pub mod alert;
 pub mod batch;
 pub mod cli;
 pub mod config;

@@ -73,6 +73,9 @@ enum Command {
         /// Use this Kafka cluster (a fresh topic is created) instead of the in-process one.
         #[arg(long)]
         brokers: Option<String>,
+        /// How long the demo's `hec` endpoint is down at the start (e.g. 4s).
+        #[arg(long, default_value = "4s")]
+        outage: String,
     },
 }
 
@@ -146,12 +149,20 @@ enum QuarantineAction {
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        // One JSON object per line; lines from a sink's worker carry `span.sink`.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
 }
 
@@ -208,7 +219,14 @@ fn main() -> ExitCode {
             events,
             out,
             brokers,
-        } => runtime.block_on(cli::demo(events, out, brokers)),
+            outage,
+        } => match outage.parse::<auditstream::config::HumanDuration>() {
+            Ok(d) => runtime.block_on(cli::demo(events, out, brokers, d.get())),
+            Err(e) => {
+                eprintln!("--outage: {e}");
+                ExitCode::from(cli::USAGE)
+            }
+        },
     };
     // A write stuck on a destination that stopped reading must not keep the process alive
     // after an immediate stop; everything that matters was committed or not by now.

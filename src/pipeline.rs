@@ -17,6 +17,13 @@ use anyhow::Context as _;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use std::collections::HashMap;
+
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::admin::{self, AdminState};
+use crate::alert;
 use crate::deliver::{ParkLimits, Worker};
 use crate::fanout::{Filter, Route, Router};
 use crate::offsets::Slot;
@@ -70,13 +77,68 @@ impl Pipeline {
         })
     }
 
-    /// The live status, for progress displays (and later the admin API).
+    /// The live status, for progress displays, the admin API and alerts.
     pub fn status(&self) -> Arc<Status> {
         self.status.clone()
     }
 
+    /// Starts the admin API (when enabled) and the alerts (when configured).
+    async fn start_services(
+        &self,
+        probe_now: &HashMap<String, Arc<Notify>>,
+        tasks: &mut JoinSet<()>,
+    ) -> anyhow::Result<()> {
+        if self.config.admin.enabled {
+            let state = AdminState {
+                status: self.status.clone(),
+                store: self.store.clone(),
+                parks: Arc::new(
+                    self.sinks
+                        .iter()
+                        .zip(&self.config.sinks)
+                        .map(|((_, park), sc)| (sc.name.clone(), park.clone()))
+                        .collect(),
+                ),
+                probe_now: Arc::new(probe_now.clone()),
+                token: self.config.admin.token.clone(),
+                park: self.config.park.clone(),
+                throughput: Default::default(),
+                started: std::time::Instant::now(),
+            };
+            let addr = admin::serve(&self.config.admin, state).await?;
+            let _ = self.status.admin_addr.set(addr);
+        }
+        match &self.config.alerts {
+            Some(alerts) => {
+                let run = alert::run(
+                    alerts.clone(),
+                    self.config.park.clone(),
+                    self.status.clone(),
+                    self.store.clone(),
+                );
+                tasks.spawn(async move {
+                    if let Err(e) = run.await {
+                        tracing::error!(error = format!("{e:#}"), "alerts stopped; sink problems are only logged now");
+                    }
+                    // Alerts ending must not look like a pipeline task ending.
+                    std::future::pending::<()>().await
+                });
+            }
+            None => tracing::warn!("no [alerts] configured: nobody is emailed when a sink breaks (states are logged and on /status)"),
+        }
+        Ok(())
+    }
+
     /// Runs until `shutdown` asks to stop, then stops in order.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let probe_now: HashMap<String, Arc<Notify>> = self
+            .config
+            .sinks
+            .iter()
+            .map(|s| (s.name.clone(), Arc::new(Notify::new())))
+            .collect();
+        let mut services = JoinSet::new();
+        self.start_services(&probe_now, &mut services).await?;
         let Pipeline {
             config,
             templates,
@@ -122,8 +184,10 @@ impl Pipeline {
                 quarantine: quarantine.clone(),
                 park,
                 limits: limits.clone(),
+                probe_now: probe_now[&sc.name].clone(),
             };
-            tasks.spawn(worker.run(events));
+            let span = tracing::info_span!("sink", sink = %sc.name);
+            tasks.spawn(worker.run(events).instrument(span));
         }
         drop(reports_tx);
 
@@ -181,6 +245,7 @@ impl Pipeline {
             }
         }
         tasks.shutdown().await;
+        services.shutdown().await;
         control.stop_now();
         if !source_thread.is_finished() {
             let _ = source_thread.await;

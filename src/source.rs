@@ -148,7 +148,23 @@ fn position_list(positions: &[(TopicPartition, i64)]) -> TopicPartitionList {
     tpl
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag of each partition.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let s = lock(&self.shared);
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    let tp = TopicPartition {
+                        topic: topic.as_str().into(),
+                        partition: *p,
+                    };
+                    s.status.source.set_lag(&tp, part.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -192,8 +208,14 @@ impl ConsumerContext for SourceContext {
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
         }
-        let n = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-        s.status.source.set_assigned(n);
+        let assignment = consumer
+            .assignment()
+            .map(|a| topic_partitions(&a))
+            .unwrap_or_default();
+        s.status.source.set_assigned(assignment.len());
+        s.status
+            .source
+            .retain_partitions(|tp| assignment.contains(tp));
     }
 }
 
@@ -222,6 +244,7 @@ struct Intake {
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("auto.offset.reset", "earliest");
+    c.set("statistics.interval.ms", "5000");
     for (k, v) in &kafka.properties {
         c.set(k, v.to_string());
     }
@@ -311,6 +334,9 @@ impl Source {
             (moved, s.tracker.in_flight(), changed, s.reports_open)
         };
         if !moved.is_empty() {
+            for (tp, pos) in &moved {
+                self.intake.status.source.set_committed(tp, *pos);
+            }
             if let Err(e) = self.consumer.store_offsets(&position_list(&moved)) {
                 // A partition revoked a moment ago; its position was committed on revoke.
                 tracing::debug!(error = %e, "could not store some offsets");

@@ -50,6 +50,7 @@ pub struct SinkStatus {
     pub destination: String,
     health: Mutex<Health>,
     delivered: AtomicU64,
+    replayed: AtomicU64,
     quarantined: AtomicU64,
     park: Arc<ParkCounts>,
 }
@@ -66,12 +67,16 @@ pub struct SinkSnapshot {
     pub since: SystemTime,
     pub last_error: Option<String>,
     pub delivered_events: u64,
+    /// Of the delivered events, those that came from the park.
+    pub replayed_events: u64,
     pub quarantined_events: u64,
     pub parked_entries: u64,
     pub parked_events: u64,
     pub parked_bytes: u64,
     /// When the oldest parked batch was parked (RFC 3339), if any.
     pub oldest_parked_at: Option<String>,
+    #[serde(skip)]
+    pub oldest_parked_ms: Option<i64>,
 }
 
 impl SinkStatus {
@@ -86,6 +91,7 @@ impl SinkStatus {
                 last_error: None,
             }),
             delivered: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
             park,
         }
@@ -122,6 +128,10 @@ impl SinkStatus {
         self.delivered.fetch_add(n, Ordering::Relaxed);
     }
 
+    pub fn add_replayed(&self, n: u64) {
+        self.replayed.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn add_quarantined(&self, n: u64) {
         self.quarantined.fetch_add(n, Ordering::Relaxed);
     }
@@ -144,6 +154,7 @@ impl SinkStatus {
             since: h.since,
             last_error: h.last_error,
             delivered_events: self.delivered(),
+            replayed_events: self.replayed.load(Ordering::Relaxed),
             quarantined_events: self.quarantined(),
             parked_entries: self.park.entries(),
             parked_events: self.park.events(),
@@ -152,13 +163,24 @@ impl SinkStatus {
                 chrono::DateTime::from_timestamp_millis(ms)
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             }),
+            oldest_parked_ms: self.park.oldest_ms(),
         }
     }
+}
+
+/// What is known of one partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PartitionStat {
+    /// The position stored for commit (the next offset to read).
+    pub committed: Option<i64>,
+    /// Messages behind the partition's end, as librdkafka last reported.
+    pub lag: Option<i64>,
 }
 
 /// The source's counters.
 #[derive(Debug, Default)]
 pub struct SourceStatus {
+    partitions: Mutex<std::collections::BTreeMap<crate::event::TopicPartition, PartitionStat>>,
     consumed: AtomicU64,
     rejected: AtomicU64,
     committable: AtomicU64,
@@ -180,6 +202,33 @@ impl SourceStatus {
     }
     pub fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::Relaxed);
+    }
+    fn partitions_mut(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::BTreeMap<crate::event::TopicPartition, PartitionStat>,
+    > {
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn set_committed(&self, tp: &crate::event::TopicPartition, position: i64) {
+        self.partitions_mut()
+            .entry(tp.clone())
+            .or_default()
+            .committed = Some(position);
+    }
+    pub fn set_lag(&self, tp: &crate::event::TopicPartition, lag: i64) {
+        self.partitions_mut().entry(tp.clone()).or_default().lag = Some(lag);
+    }
+    /// Forgets partitions this consumer no longer owns.
+    pub fn retain_partitions(&self, keep: impl Fn(&crate::event::TopicPartition) -> bool) {
+        self.partitions_mut().retain(|tp, _| keep(tp));
+    }
+    pub fn partitions(&self) -> Vec<(crate::event::TopicPartition, PartitionStat)> {
+        self.partitions_mut()
+            .iter()
+            .map(|(tp, p)| (tp.clone(), *p))
+            .collect()
     }
     pub fn set_assigned(&self, n: usize) {
         self.assigned.store(n as u64, Ordering::Relaxed);
@@ -212,6 +261,8 @@ impl SourceStatus {
 pub struct Status {
     pub source: SourceStatus,
     pub sinks: Vec<Arc<SinkStatus>>,
+    /// Where the admin API listens, once it does.
+    pub admin_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl Status {

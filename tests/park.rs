@@ -67,7 +67,7 @@ fn park_section(dir: &std::path::Path, extra: &str) -> String {
 /// The head of a config without its [park] section (each test writes its own).
 fn head(brokers: &str, group: &str, extra_pipeline: &str) -> String {
     format!(
-        "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\ntopics = [\"{TOPIC}\"]\n[kafka.properties]\n\"auto.commit.interval.ms\" = 200\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n[pipeline]\nshutdown_timeout = \"10s\"\n{extra_pipeline}\n"
+        "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\ntopics = [\"{TOPIC}\"]\n[kafka.properties]\n\"auto.commit.interval.ms\" = 200\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n[admin]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nshutdown_timeout = \"10s\"\n{extra_pipeline}\n"
     )
 }
 

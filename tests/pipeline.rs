@@ -161,6 +161,7 @@ async fn the_demo_runs_end_to_end() {
             events: 400,
             out: out.clone(),
             brokers: None,
+            outage: std::time::Duration::from_secs(2),
         },
         Shutdown::new(),
     )

@@ -251,6 +251,8 @@ impl Loader {
         let mut kafka = None;
         let mut pipeline = Some(PipelineConfig::default());
         let mut park = Some(ParkConfig::default());
+        let mut alerts = None;
+        let mut admin = Some(AdminConfig::default());
         let mut sinks = None;
         for (key, value) in table {
             let path = root.key(&key);
@@ -258,11 +260,13 @@ impl Loader {
                 "kafka" => kafka = self.typed::<KafkaConfig>(value, &path),
                 "pipeline" => pipeline = self.typed(value, &path),
                 "park" => park = self.typed(value, &path),
+                "alerts" => alerts = Some(self.typed::<AlertsConfig>(value, &path)),
+                "admin" => admin = self.typed(value, &path),
                 "sinks" => sinks = self.sinks(value, &path),
                 other => self.error(
                     &path,
                     format!(
-                        "unknown section `{other}`; expected one of kafka, pipeline, park, sinks"
+                        "unknown section `{other}`; expected one of kafka, pipeline, park, alerts, admin, sinks"
                     ),
                 ),
             }
@@ -276,10 +280,16 @@ impl Loader {
                 "missing: at least one [[sinks]] is required",
             );
         }
+        let alerts = match alerts {
+            Some(parsed) => Some(parsed?),
+            None => None,
+        };
         let config = Config {
             kafka: kafka?,
             pipeline: pipeline?,
             park: park?,
+            alerts,
+            admin: admin?,
             sinks: sinks?,
         };
         self.check(&config);
@@ -463,6 +473,40 @@ impl Loader {
         }
         if c.pipeline.max_event_bytes.bytes() == 0 {
             self.error(&pipeline.key("max_event_bytes"), "must be more than 0");
+        }
+        if let Some(a) = &c.alerts {
+            let p = root.key("alerts");
+            if a.to.is_empty() {
+                self.error(&p.key("to"), "name at least one recipient");
+            }
+            for (i, addr) in a.to.iter().enumerate() {
+                if addr.parse::<lettre::Address>().is_err() {
+                    self.error(
+                        &p.key("to").index(i),
+                        format!("`{addr}` is not an email address"),
+                    );
+                }
+            }
+            if a.from.parse::<lettre::message::Mailbox>().is_err() {
+                self.error(
+                    &p.key("from"),
+                    format!("`{}` is not an email address", a.from),
+                );
+            }
+            if let Some(u) = &a.smtp_url {
+                if let Err(e) = SmtpSettings::parse(u.expose()) {
+                    self.error(&p.key("smtp_url"), e);
+                }
+            }
+        }
+        if c.admin.enabled && c.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            self.error(
+                &root.key("admin").key("listen"),
+                format!(
+                    "`{}` is not an address such as 127.0.0.1:9600",
+                    c.admin.listen
+                ),
+            );
         }
         if c.sinks.len() > MAX_SINKS {
             self.error(

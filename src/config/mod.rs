@@ -22,7 +22,129 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub pipeline: PipelineConfig,
     pub park: ParkConfig,
+    /// Email (and webhook) alerts; `None` when the section is absent (alerts are only logged).
+    pub alerts: Option<AlertsConfig>,
+    pub admin: AdminConfig,
     pub sinks: Vec<SinkConfig>,
+}
+
+/// `[alerts]`: telling the admins when a sink breaks, stays broken, and recovers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// `smtp://host[:port]` (STARTTLS when offered; `?tls=required` to insist, `?tls=none` for
+    /// none), `smtps://host[:port]` (implicit TLS); `user:password@` allowed. Without it each
+    /// message is written as a `.eml` file to `outbox_dir`.
+    #[serde(default)]
+    pub smtp_url: Option<Secret>,
+    pub from: String,
+    pub to: Vec<String>,
+    /// How often a reminder is sent while a sink stays broken.
+    #[serde(default = "default_reminder")]
+    pub reminder_interval: HumanDuration,
+    /// How long a sink must stay healthy before the "recovered" message (no flapping storms).
+    #[serde(default = "default_recovery_hold")]
+    pub recovery_hold: HumanDuration,
+    #[serde(default = "default_outbox")]
+    pub outbox_dir: PathBuf,
+    /// Also post each message as JSON (`{"text": ...}`) to this incoming webhook (Slack, Teams).
+    #[serde(default)]
+    pub webhook_url: Option<Secret>,
+    /// A directory with templates that override the built-in ones (`subject.hbs`,
+    /// `text.hbs`, `html.hbs`).
+    #[serde(default)]
+    pub templates_dir: Option<PathBuf>,
+}
+
+/// How to reach the SMTP server, from `alerts.smtp_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+}
+
+/// TLS towards the SMTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// `smtp://`: STARTTLS when the server offers it.
+    Opportunistic,
+    /// `smtp://...?tls=required`: STARTTLS or fail.
+    Required,
+    /// `smtps://`: TLS from the first byte.
+    Implicit,
+    /// `smtp://...?tls=none`: never (a local relay).
+    None,
+}
+
+impl SmtpSettings {
+    /// Parses `smtp[s]://[user[:password]@]host[:port][?tls=required|none]`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let u = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+        let tls_param = u
+            .query_pairs()
+            .find(|(k, _)| k == "tls")
+            .map(|(_, v)| v.to_string());
+        let (tls, default_port) = match (u.scheme(), tls_param.as_deref()) {
+            ("smtp", None | Some("opportunistic")) => (SmtpTls::Opportunistic, 25),
+            ("smtp", Some("required")) => (SmtpTls::Required, 587),
+            ("smtp", Some("none")) => (SmtpTls::None, 25),
+            ("smtps", None) => (SmtpTls::Implicit, 465),
+            (scheme, tls) => {
+                return Err(format!(
+                    "unsupported `{scheme}://` with tls={tls:?}; use smtp://host (STARTTLS when offered), smtp://host?tls=required, smtp://host?tls=none or smtps://host"
+                ))
+            }
+        };
+        let host = u.host_str().ok_or("the URL names no host")?.to_string();
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let user = (!u.username().is_empty()).then(|| decode(u.username()));
+        Ok(Self {
+            host,
+            port: u.port().unwrap_or(default_port),
+            tls,
+            user,
+            password: u.password().map(|p| Secret::new(decode(p))),
+        })
+    }
+}
+
+fn default_reminder() -> HumanDuration {
+    HumanDuration::from_secs(4 * 3600)
+}
+fn default_recovery_hold() -> HumanDuration {
+    HumanDuration::from_secs(300)
+}
+fn default_outbox() -> PathBuf {
+    PathBuf::from("var/outbox")
+}
+
+/// `[admin]`: the HTTP endpoint for health, readiness, metrics, status and actions.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// Address to listen on (`127.0.0.1:0` picks a free port, logged at start).
+    pub listen: String,
+    /// Required (as `Authorization: Bearer <token>`) for every POST; without it, POSTs are
+    /// refused.
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:9600".into(),
+            token: None,
+        }
+    }
 }
 
 /// `[kafka]`: where events come from.

@@ -251,6 +251,9 @@ shutdown_timeout = "20s"
 
 [park]
 path = "{park}"
+
+[admin]
+listen = "127.0.0.1:0"
 "#,
         park = dir.join("park").display()
     );
@@ -333,6 +336,9 @@ group_id = "{group}"
 topics = ["{topic}"]
 [kafka.properties]
 "auto.commit.interval.ms" = 200
+
+[admin]
+listen = "127.0.0.1:0"
 
 [park]
 path = "{park}"
