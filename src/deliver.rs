@@ -103,7 +103,10 @@ impl Worker {
             intake_failure: Mutex::new(None),
         });
         r.check_health().await;
-        let replayer = tokio::spawn(r.clone().replay().in_current_span());
+        // Aborted with the worker, even when the worker itself is aborted at a stop's deadline.
+        let replayer = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            r.clone().replay().in_current_span(),
+        ));
         let (render, label) = (r.clone(), r.clone());
         let records =
             futures::stream::unfold(queue, |mut q| async move { q.recv().await.map(|e| (e, q)) })
@@ -199,6 +202,20 @@ impl Running {
         let _ = self.w.reports.send(report);
     }
 
+    /// One delivery attempt, measured.
+    async fn attempt(&self, batch: &Batch) -> Result<crate::sink::Receipt, DeliveryError> {
+        let sink = self.name().to_string();
+        let started = Instant::now();
+        let result = self.w.sink.deliver(batch).await;
+        metrics::histogram!("auditstream_delivery_duration_seconds", "sink" => sink.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("auditstream_batch_events", "sink" => sink.clone())
+            .record(batch.len() as f64);
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        metrics::counter!("auditstream_delivery_attempts_total", "sink" => sink, "outcome" => outcome).increment(1);
+        result
+    }
+
     fn delivered(&self, batch: &Batch, replayed: bool) {
         let n = batch.len() as u64;
         self.w.status.add_delivered(n);
@@ -214,7 +231,7 @@ impl Running {
     /// Intake: deliver directly while the park is empty, park otherwise or on failure.
     async fn take(&self, batch: Batch) {
         if self.w.park.entries() == 0 {
-            match self.w.sink.deliver(&batch).await {
+            match self.attempt(&batch).await {
                 Ok(_) => {
                     self.delivered(&batch, false);
                     self.finished(&batch);
@@ -454,7 +471,7 @@ impl Running {
                     continue;
                 }
             };
-            match self.w.sink.deliver(&head.batch).await {
+            match self.attempt(&head.batch).await {
                 Ok(receipt) => {
                     if let Err(e) = self.w.park.release(&head, Release::Delivered(receipt)) {
                         self.handle_store_error(e).await;

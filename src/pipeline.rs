@@ -87,7 +87,8 @@ impl Pipeline {
         &self,
         probe_now: &HashMap<String, Arc<Notify>>,
         tasks: &mut JoinSet<()>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<admin::AdminServer>> {
+        let mut server = None;
         if self.config.admin.enabled {
             let state = AdminState {
                 status: self.status.clone(),
@@ -105,8 +106,9 @@ impl Pipeline {
                 throughput: Default::default(),
                 started: std::time::Instant::now(),
             };
-            let addr = admin::serve(&self.config.admin, state).await?;
-            let _ = self.status.admin_addr.set(addr);
+            let started = admin::serve(&self.config.admin, state).await?;
+            let _ = self.status.admin_addr.set(started.addr);
+            server = Some(started);
         }
         match &self.config.alerts {
             Some(alerts) => {
@@ -126,7 +128,7 @@ impl Pipeline {
             }
             None => tracing::warn!("no [alerts] configured: nobody is emailed when a sink breaks (states are logged and on /status)"),
         }
-        Ok(())
+        Ok(server)
     }
 
     /// Runs until `shutdown` asks to stop, then stops in order.
@@ -138,7 +140,7 @@ impl Pipeline {
             .map(|s| (s.name.clone(), Arc::new(Notify::new())))
             .collect();
         let mut services = JoinSet::new();
-        self.start_services(&probe_now, &mut services).await?;
+        let admin_server = self.start_services(&probe_now, &mut services).await?;
         let Pipeline {
             config,
             templates,
@@ -246,6 +248,9 @@ impl Pipeline {
         }
         tasks.shutdown().await;
         services.shutdown().await;
+        if let Some(server) = admin_server {
+            server.stop().await;
+        }
         control.stop_now();
         if !source_thread.is_finished() {
             let _ = source_thread.await;

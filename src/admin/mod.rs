@@ -91,8 +91,32 @@ pub struct AdminState {
     pub started: Instant,
 }
 
-/// Starts the server; returns the address it listens on (the port is known when 0 was asked).
-pub async fn serve(config: &AdminConfig, state: AdminState) -> anyhow::Result<SocketAddr> {
+/// The running admin server. Its state holds the park store, so the pipeline stops it before
+/// it lets go of the store: [`AdminServer::stop`] closes the listener and every connection.
+pub struct AdminServer {
+    pub addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Stops accepting, closes idle connections, and waits (a few seconds at most) for the
+    /// requests in progress.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the admin server did not stop within 5s; dropping its connections");
+            abort.abort();
+        }
+    }
+}
+
+/// Starts the server; its address is known even when port 0 was asked.
+pub async fn serve(config: &AdminConfig, state: AdminState) -> anyhow::Result<AdminServer> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("admin.listen {}: {e}", config.listen))?;
@@ -102,8 +126,9 @@ pub async fn serve(config: &AdminConfig, state: AdminState) -> anyhow::Result<So
             "admin.token is not set: the admin API refuses every action (POST) and export"
         );
     }
+    let stop = tokio_util::sync::CancellationToken::new();
     let sampler = state.clone();
-    tokio::spawn(async move {
+    let sampling = async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
             tick.tick().await;
@@ -113,15 +138,19 @@ pub async fn serve(config: &AdminConfig, state: AdminState) -> anyhow::Result<So
                 .unwrap_or_else(|p| p.into_inner())
                 .sample(&sampler.status);
         }
-    });
+    };
     let app = router(state);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the admin server stopped");
+    let serving = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            result = serving => if let Err(e) = result {
+                tracing::error!(error = %e, "the admin server stopped");
+            },
+            _ = sampling => {}
         }
     });
     tracing::info!(%addr, "admin API listening");
-    Ok(addr)
+    Ok(AdminServer { addr, stop, task })
 }
 
 pub fn router(state: AdminState) -> Router {

@@ -225,7 +225,9 @@ pub async fn run(
         park_max_age: park.max_age.get(),
     };
     let mut watcher = Watcher::new(settings, outbox.load_states()?);
-    let sending = tokio::spawn(sender.run(outbox.clone()));
+    // Aborted with this task: the sender holds the store.
+    let sending =
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sender.run(outbox.clone())));
     tracing::info!(to = ?config.to, via = %send::describe(&config), "alerts enabled");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -252,7 +254,7 @@ pub async fn run(
             break Err(anyhow::anyhow!("the alert sender stopped"));
         }
     };
-    sending.abort();
+    drop(sending);
     result
 }
 
