@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::config::load::Locator;
-use crate::config::{parse_str, Config, ConfigError, ConfigErrors};
+use crate::config::{parse_str, Config, ConfigError, ConfigErrors, SinkKind};
 use crate::decode::decode;
 use crate::event::{Coords, RawMessage};
 use crate::park::Store;
@@ -138,23 +138,48 @@ pub fn render(path: &Path, sink: &str, event: Option<&str>) -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    match templates.render(index, &event) {
-        Ok(body) => {
-            let mut out = std::io::stdout().lock();
-            let written = out
-                .write_all(body.as_bytes())
-                .and_then(|_| out.write_all(b"\n"))
-                .and_then(|_| out.flush());
-            match written {
-                Ok(()) => ExitCode::from(OK),
-                Err(_) => ExitCode::from(FAILURE),
-            }
-        }
+    let body = match templates.render(index, &event) {
+        Ok(body) => body,
         Err(e) => {
             eprintln!("sink `{sink}` cannot render this event (it would be quarantined): {e}");
-            ExitCode::from(USAGE)
+            return ExitCode::from(USAGE);
         }
+    };
+    // The event as a batch of one, encoded as the sink encodes a batch.
+    let mut batch = crate::batch::Batch::new(
+        event.coords.topic_partition(),
+        templates
+            .render_key(index, &event)
+            .map(|k| k.unwrap_or_else(|_| "unrendered-key/".into())),
+    );
+    batch.push(crate::batch::Record {
+        offset: event.coords.offset,
+        body,
+    });
+    let bytes = match &config.sinks[index].kind {
+        SinkKind::Http(h) => crate::sink::http::encode_body(h.encoding, &batch.records),
+        SinkKind::S3(c) => {
+            eprintln!("object key: {}", crate::sink::s3::object_key(c, &batch));
+            if c.compression != crate::config::Compression::None {
+                eprintln!("(shown before {:?} compression)", c.compression);
+            }
+            line(&batch.records[0].body)
+        }
+        SinkKind::File(_) | SinkKind::Stdout(_) => line(&batch.records[0].body),
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&bytes).and_then(|_| out.flush()) {
+        Ok(()) => ExitCode::from(OK),
+        Err(_) => ExitCode::from(FAILURE),
     }
+}
+
+/// One record as a line.
+fn line(body: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(body.len() + 1);
+    v.extend_from_slice(body.as_bytes());
+    v.push(b'\n');
+    v
 }
 
 /// The event for `render`: a file, `-` for stdin, or the built-in sample.

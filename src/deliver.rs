@@ -102,6 +102,17 @@ impl Worker {
             parked: Notify::new(),
             intake_failure: Mutex::new(None),
         });
+        if r.w.park.entries() > 0 {
+            // Parked batches from an earlier run: the sink was failing when it stopped, and
+            // nothing is delivered directly until they are replayed.
+            r.w.status.set_state(
+                SinkState::Retrying,
+                Some(format!(
+                    "{} parked events from an earlier run are waiting to be replayed",
+                    r.w.park.counts().events()
+                )),
+            );
+        }
         r.check_health().await;
         // Aborted with the worker, even when the worker itself is aborted at a stop's deadline.
         let replayer = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
@@ -235,6 +246,10 @@ impl Running {
                 Ok(_) => {
                     self.delivered(&batch, false);
                     self.finished(&batch);
+                    // A failed start-up check said `retrying`; a delivery says otherwise.
+                    if self.w.status.state() != SinkState::Healthy && self.w.park.entries() == 0 {
+                        self.transition(SinkState::Healthy, None);
+                    }
                     return;
                 }
                 Err(e) => {
@@ -261,17 +276,24 @@ impl Running {
     async fn park(&self, batch: Batch, error: Option<&str>) {
         self.make_room(&batch).await;
         let mut wait = Duration::from_millis(100);
+        let mut failing = false;
         loop {
             match self.w.park.append(&batch, error).await {
                 Ok(_) => break,
                 Err(e) => {
                     let why = format!("cannot park a batch: {e}; its offsets are held back until the park can be written");
                     tracing::error!(sink = %self.name(), error = %e, "{why}");
-                    self.w.status.set_state(self.w.status.state(), Some(why));
+                    metrics::counter!("auditstream_park_write_failures_total", "sink" => self.name().to_string()).increment(1);
+                    self.w.status.set_holding(Some(why));
+                    failing = true;
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(30));
                 }
             }
+        }
+        if failing {
+            tracing::info!(sink = %self.name(), "the park can be written again");
+            self.w.status.set_holding(None);
         }
         let n = batch.len() as u64;
         metrics::counter!("auditstream_parked_events_total", "sink" => self.name().to_string())
@@ -288,6 +310,7 @@ impl Running {
             if total == 0 || total + batch.bytes as u64 <= self.w.limits.max_bytes {
                 if told {
                     tracing::info!(sink = %self.name(), "the park has room again; taking new events");
+                    self.w.status.set_holding(None);
                 }
                 return;
             }
@@ -303,7 +326,7 @@ impl Running {
                     self.name()
                 );
                 tracing::error!(sink = %self.name(), "{why}");
-                self.w.status.set_state(self.w.status.state(), Some(why));
+                self.w.status.set_holding(Some(why));
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), self.w.park.room()).await;
         }

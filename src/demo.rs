@@ -173,7 +173,8 @@ pub async fn run(opts: DemoOptions, shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The demo's own Splunk-HEC-like endpoint: answers 503 until the outage is over, then
+/// The demo's own Splunk-HEC-like endpoint: answers 503 for `outage` from the first event it
+/// is sent (so the outage is seen whatever the start-up takes), then
 /// accepts `Authorization: Splunk demo-token` and appends what it receives to a file.
 mod hec {
     use std::path::{Path, PathBuf};
@@ -191,7 +192,9 @@ mod hec {
 
     #[derive(Clone)]
     struct Endpoint {
-        up_at: Instant,
+        outage: Duration,
+        /// Set by the first request.
+        up_at: Arc<std::sync::OnceLock<Instant>>,
         file: PathBuf,
         lock: Arc<tokio::sync::Mutex<()>>,
     }
@@ -199,7 +202,8 @@ mod hec {
     pub async fn start(outage: Duration, dir: &Path) -> anyhow::Result<Hec> {
         std::fs::create_dir_all(dir)?;
         let state = Endpoint {
-            up_at: Instant::now() + outage,
+            outage,
+            up_at: Arc::default(),
             file: dir.join("received.json"),
             lock: Arc::default(),
         };
@@ -221,7 +225,7 @@ mod hec {
         headers: HeaderMap,
         body: axum::body::Bytes,
     ) -> (StatusCode, &'static str) {
-        if Instant::now() < e.up_at {
+        if Instant::now() < *e.up_at.get_or_init(|| Instant::now() + e.outage) {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 r#"{"text":"Server is busy","code":9}"#,
@@ -406,9 +410,10 @@ async fn watch_progress(
         } else if line != last.0 {
             eprintln!("{line}");
         }
-        let recovered = outbox_subjects(outbox)
-            .iter()
-            .any(|s| s.contains("recovered"));
+        // Once a sink was reported broken, the demo also waits for its recovery message.
+        let subjects = outbox_subjects(outbox);
+        let recovered = !subjects.iter().any(|s| s.contains("broken"))
+            || subjects.iter().any(|s| s.contains("recovered"));
         let settled = status.sinks.iter().all(|s| {
             let snap = s.snapshot();
             snap.parked_events == 0 && snap.state == crate::status::SinkState::Healthy

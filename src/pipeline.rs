@@ -209,6 +209,9 @@ impl Pipeline {
         )
         .context("connecting to Kafka")?;
         let mut source_thread = tokio::task::spawn_blocking(move || source.run());
+        // Should this future be dropped (the runtime going away), the source thread still ends:
+        // a runtime waits for its blocking threads when it shuts down.
+        let _stop_source_on_drop = StopOnDrop(control.clone());
 
         // Running: until asked to stop, or until something ends that should not.
         let failure = tokio::select! {
@@ -260,5 +263,14 @@ impl Pipeline {
             Some(why) => Err(anyhow::anyhow!(why)),
             None => Ok(()),
         }
+    }
+}
+
+/// Tells the source thread to stop when dropped.
+struct StopOnDrop(Arc<SourceControl>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop_now();
     }
 }

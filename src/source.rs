@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -81,6 +81,9 @@ struct Shared {
     /// False once every worker has dropped its sender.
     reports_open: bool,
     assignment_changed: bool,
+    /// Set once the final commit was made: the revoke that closing the consumer triggers
+    /// must not commit again (synchronously, to a broker that may have gone).
+    closing: bool,
     status: Arc<Status>,
 }
 
@@ -179,8 +182,8 @@ impl ConsumerContext for SourceContext {
             .filter_map(|tp| s.tracker.revoke(tp).map(|p| (tp.clone(), p)))
             .collect();
         tracing::info!(partitions = ?revoked.iter().map(ToString::to_string).collect::<Vec<_>>(), "partitions revoked");
-        if !positions.is_empty() {
-            match consumer.commit(&position_list(&positions), CommitMode::Sync) {
+        if !positions.is_empty() && !s.closing {
+            match commit_within(consumer, &position_list(&positions), COMMIT_WAIT) {
                 Ok(()) => {
                     tracing::info!(positions = %show(&positions), "committed revoked partitions")
                 }
@@ -271,6 +274,7 @@ impl Source {
             reports,
             reports_open: true,
             assignment_changed: false,
+            closing: false,
             status: status.clone(),
         }));
         let consumer: BaseConsumer<SourceContext> = client_config(&settings.kafka)
@@ -317,6 +321,9 @@ impl Source {
             }
         }
         self.commit_final();
+        let status = self.intake.status.clone();
+        drop(self); // closes the consumer: it leaves the group
+        status.source.set_closed();
     }
 
     /// Applies reports, stores moved positions, pauses or resumes. Returns false once every
@@ -324,12 +331,15 @@ impl Source {
     fn settle(&mut self) -> bool {
         let (moved, in_flight, assignment_changed, open) = {
             let mut s = lock(&self.intake.shared);
-            let applied = s.apply_reports();
-            let moved = if applied > 0 {
-                s.tracker.take_moved()
-            } else {
-                Vec::new()
-            };
+            s.apply_reports();
+            // Positions also move without a report: a message no sink wanted (filtered out)
+            // is finished as soon as it is registered.
+            let moved = s.tracker.take_moved();
+            if !moved.is_empty() {
+                s.status
+                    .source
+                    .set_progress(s.tracker.committed_messages(), s.tracker.in_flight());
+            }
             let changed = std::mem::take(&mut s.assignment_changed);
             (moved, s.tracker.in_flight(), changed, s.reports_open)
         };
@@ -390,25 +400,75 @@ impl Source {
         }
     }
 
-    /// Commits every finished position synchronously.
+    /// Commits every finished position and waits for the coordinator's answer, at most
+    /// [`COMMIT_WAIT`].
     fn commit_final(&mut self) {
         let positions = {
             let mut s = lock(&self.intake.shared);
             s.apply_reports();
+            s.closing = true;
             s.tracker.positions()
         };
         if positions.is_empty() {
             return;
         }
-        match self
-            .consumer
-            .commit(&position_list(&positions), CommitMode::Sync)
-        {
+        match commit_within(&self.consumer, &position_list(&positions), COMMIT_WAIT) {
             Ok(()) => tracing::info!(positions = %show(&positions), "committed final offsets"),
             Err(e) => {
-                tracing::error!(error = %e, "final commit failed; the next start re-reads from the last commit")
+                tracing::error!(error = %e, "final commit failed; the next start re-reads from the last commit (duplicates, never a gap)")
             }
         }
+    }
+}
+
+/// How long a commit of our own (on revoke, at the stop) waits for the coordinator.
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Commits `offsets` and waits for the group coordinator's answer, at most `wait`.
+/// rdkafka's synchronous commit waits without limit, which would hang a stop (or a rebalance)
+/// for as long as a broker is unreachable; a commit that is not confirmed in time means the
+/// next owner re-reads a little (at-least-once), never that anything is skipped.
+fn commit_within<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    offsets: &TopicPartitionList,
+    wait: Duration,
+) -> Result<(), String> {
+    use rdkafka::bindings as rd;
+    use rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR as NO_ERROR;
+    let describe = |err: rd::rd_kafka_resp_err_t| -> String {
+        // SAFETY: rd_kafka_err2str returns a static, NUL-terminated string for any code.
+        unsafe { std::ffi::CStr::from_ptr(rd::rd_kafka_err2str(err)) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let timeout_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the client handle and the partition list outlive these calls; the reply queue
+    // is ours (librdkafka keeps its own reference until it has answered), and the event is
+    // destroyed once read.
+    unsafe {
+        let rk = consumer.client().native_ptr();
+        let queue = rd::rd_kafka_queue_new(rk);
+        let err = rd::rd_kafka_commit_queue(rk, offsets.ptr(), queue, None, std::ptr::null_mut());
+        let result = if err != NO_ERROR {
+            Err(describe(err))
+        } else {
+            let event = rd::rd_kafka_queue_poll(queue, timeout_ms);
+            if event.is_null() {
+                Err(format!(
+                    "no answer from the group coordinator within {wait:?}"
+                ))
+            } else {
+                let err = rd::rd_kafka_event_error(event);
+                rd::rd_kafka_event_destroy(event);
+                if err == NO_ERROR {
+                    Ok(())
+                } else {
+                    Err(describe(err))
+                }
+            }
+        };
+        rd::rd_kafka_queue_destroy(queue);
+        result
     }
 }
 

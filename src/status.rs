@@ -40,6 +40,9 @@ struct Health {
     state: SinkState,
     since: SystemTime,
     last_error: Option<String>,
+    /// Why this sink holds the stream back (its park is full, or cannot be written), while it
+    /// does.
+    holding: Option<String>,
 }
 
 /// One sink's live status.
@@ -66,6 +69,9 @@ pub struct SinkSnapshot {
     #[serde(with = "rfc3339")]
     pub since: SystemTime,
     pub last_error: Option<String>,
+    /// Set while this sink holds the stream back: its park is full (`when_full = "block"`) or
+    /// cannot be written. Kafka keeps the data; the source is paused for every sink.
+    pub holding: Option<String>,
     pub delivered_events: u64,
     /// Of the delivered events, those that came from the park.
     pub replayed_events: u64,
@@ -89,6 +95,7 @@ impl SinkStatus {
                 state: SinkState::Healthy,
                 since: SystemTime::now(),
                 last_error: None,
+                holding: None,
             }),
             delivered: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
@@ -124,6 +131,11 @@ impl SinkStatus {
         self.health().state
     }
 
+    /// Says why the sink holds the stream back, or (`None`) that it no longer does.
+    pub fn set_holding(&self, why: Option<String>) {
+        self.health().holding = why;
+    }
+
     pub fn add_delivered(&self, n: u64) {
         self.delivered.fetch_add(n, Ordering::Relaxed);
     }
@@ -153,6 +165,7 @@ impl SinkStatus {
             state: h.state,
             since: h.since,
             last_error: h.last_error,
+            holding: h.holding,
             delivered_events: self.delivered(),
             replayed_events: self.replayed.load(Ordering::Relaxed),
             quarantined_events: self.quarantined(),
@@ -187,9 +200,17 @@ pub struct SourceStatus {
     in_flight: AtomicU64,
     paused: AtomicBool,
     assigned: AtomicU64,
+    closed: AtomicBool,
 }
 
 impl SourceStatus {
+    /// The consumer has been closed (it left its group) and the source thread is ending.
+    pub fn closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+    pub fn set_closed(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
     pub fn add_consumed(&self) {
         self.consumed.fetch_add(1, Ordering::Relaxed);
     }

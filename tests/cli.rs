@@ -199,3 +199,109 @@ fn usage_errors_exit_2() {
     );
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn validate_finds_an_unknown_helper_in_a_branch_the_sample_does_not_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace(
+        r#""did":{{json action}}"#,
+        r#""did":{{json action}}{{#if (eq action "never.happens")}},"x":{{json (shout action)}}{{/if}}"#,
+    );
+    let path = write(dir.path(), "branch.toml", &text);
+    let out = auditstream(&["validate", "--config", &path], &[], None);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("sinks[0].template") && text.contains("unknown helper `shout`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_template_file_ending_in_a_newline_renders_one_line_per_record() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("siem.hbs"), "{\"who\":{{json actor.id}}}\n").unwrap();
+    let text = GOOD.replace(
+        r#"template = '{"who":{{json actor.id}},"did":{{json action}},"when":"{{date timestamp "%Y-%m-%d"}}","at":"{{_kafka.topic}}@{{_kafka.offset}}"}'"#,
+        &format!(
+            "template_file = \"{}\"",
+            dir.path().join("siem.hbs").display()
+        ),
+    );
+    let path = write(dir.path(), "file.toml", &text);
+    let out = auditstream(
+        &[
+            "render", "--config", &path, "--sink", "siem", "--event", "-",
+        ],
+        &[],
+        Some(r#"{"actor":{"id":"u-1"}}"#),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"who\":\"u-1\"}\n");
+}
+
+#[test]
+fn render_encodes_like_the_sink_and_names_the_s3_object_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+topics = ["audit-events"]
+
+[[sinks]]
+name = "siem"
+type = "http"
+url = "http://127.0.0.1:1/"
+encoding = "json_array"
+template = '{"who":{{json actor.id}}}'
+
+[[sinks]]
+name = "archive"
+type = "s3"
+bucket = "b"
+region = "us-east-1"
+prefix = "audit/"
+key = '{{date timestamp "%Y/%m/%d"}}/'
+template = '{"who":{{json actor.id}}}'
+"#;
+    let path = write(dir.path(), "c.toml", text);
+    let event = r#"{"timestamp":"2026-03-04T05:06:07Z","actor":{"id":"u-1"}}"#;
+    let out = auditstream(
+        &[
+            "render", "--config", &path, "--sink", "siem", "--event", "-",
+        ],
+        &[],
+        Some(event),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), r#"[{"who":"u-1"}]"#);
+    let out = auditstream(
+        &[
+            "render", "--config", &path, "--sink", "archive", "--event", "-",
+        ],
+        &[],
+        Some(event),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"who\":\"u-1\"}\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("object key: audit/2026/03/04/audit-events-0-00000000000000000000.ndjson"),
+        "{stderr}"
+    );
+}

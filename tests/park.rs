@@ -200,7 +200,7 @@ async fn a_full_park_blocks_the_stream_and_it_resumes_when_the_sink_drains() {
 
     wait_until("the park to fill and the source to pause", LONG, || {
         siem.snapshot()
-            .last_error
+            .holding
             .unwrap_or_default()
             .contains("park is full")
             && status.source.paused()

@@ -121,6 +121,8 @@ pub async fn serve(config: &AdminConfig, state: AdminState) -> anyhow::Result<Ad
         .await
         .map_err(|e| anyhow::anyhow!("admin.listen {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
+    // Installed before the first event, so counters start at the start, not at the first scrape.
+    metrics::handle();
     if state.token.is_none() {
         tracing::warn!(
             "admin.token is not set: the admin API refuses every action (POST) and export"

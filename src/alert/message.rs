@@ -316,6 +316,7 @@ fn sample() -> Alert {
             state: crate::status::SinkState::Broken,
             since: std::time::SystemTime::now(),
             last_error: Some("HTTP 503".into()),
+            holding: None,
             delivered_events: 0,
             replayed_events: 0,
             quarantined_events: 0,

@@ -280,6 +280,7 @@ mod tests {
             state,
             since: SystemTime::now(),
             last_error: Some("HTTP 401 Unauthorized".into()),
+            holding: None,
             delivered_events: 0,
             replayed_events: replayed,
             quarantined_events: 0,

@@ -241,7 +241,9 @@ impl Sender {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(&body)?)
             .send()
-            .await?;
+            .await
+            // The URL of an incoming webhook is its secret: never in a log line.
+            .map_err(|e| e.without_url())?;
         if !resp.status().is_success() {
             anyhow::bail!("webhook answered HTTP {}", resp.status());
         }

@@ -134,35 +134,6 @@ impl HttpSink {
         out
     }
 
-    fn body(&self, records: &[Record]) -> Vec<u8> {
-        let total: usize = records.iter().map(|r| r.body.len() + 1).sum::<usize>() + 2;
-        let mut out = Vec::with_capacity(total);
-        match self.encoding {
-            HttpEncoding::Ndjson => {
-                for r in records {
-                    out.extend_from_slice(r.body.as_bytes());
-                    out.push(b'\n');
-                }
-            }
-            HttpEncoding::JsonArray => {
-                out.push(b'[');
-                for (i, r) in records.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(r.body.as_bytes());
-                }
-                out.push(b']');
-            }
-            HttpEncoding::Concatenated | HttpEncoding::Single => {
-                for r in records {
-                    out.extend_from_slice(r.body.as_bytes());
-                }
-            }
-        }
-        out
-    }
-
     /// Sends records as one request; on 413 splits them in halves and sends each.
     async fn send(&self, records: &[Record]) -> Result<(), DeliveryError> {
         let mut pending = vec![records];
@@ -192,7 +163,7 @@ impl HttpSink {
     }
 
     async fn request(&self, records: &[Record]) -> Result<(), Answer> {
-        let (body, encoding) = compress(self.body(records), self.compression)
+        let (body, encoding) = compress(encode_body(self.encoding, records), self.compression)
             .map_err(|e| Answer::from(DeliveryError::permanent(format!("compressing: {e}"))))?;
         let mut req = self
             .client
@@ -205,7 +176,7 @@ impl HttpSink {
             .body(body)
             .send()
             .await
-            .map_err(|e| Answer::from(transport_error(&e)))?;
+            .map_err(|e| Answer::from(transport_error(e)))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
@@ -257,10 +228,44 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, excerpt: &str
     e
 }
 
-/// A transport failure: retryable, except a certificate the client cannot trust.
-fn transport_error(e: &reqwest::Error) -> DeliveryError {
+/// The request body for `records` in `encoding` (before compression): what the endpoint
+/// receives, and what `auditstream render` prints.
+pub fn encode_body(encoding: HttpEncoding, records: &[Record]) -> Vec<u8> {
+    let total: usize = records.iter().map(|r| r.body.len() + 1).sum::<usize>() + 2;
+    let mut out = Vec::with_capacity(total);
+    match encoding {
+        HttpEncoding::Ndjson => {
+            for r in records {
+                out.extend_from_slice(r.body.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        HttpEncoding::JsonArray => {
+            out.push(b'[');
+            for (i, r) in records.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(r.body.as_bytes());
+            }
+            out.push(b']');
+        }
+        HttpEncoding::Concatenated | HttpEncoding::Single => {
+            for r in records {
+                out.extend_from_slice(r.body.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// A transport failure: retryable, except a certificate the client cannot trust. The URL is
+/// left out of the detail: its query string or user info may hold a credential, and the
+/// detail goes to `/status`, the park and alert emails.
+fn transport_error(e: reqwest::Error) -> DeliveryError {
+    let e = e.without_url();
     let mut chain = Vec::new();
-    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    let mut cur: Option<&dyn std::error::Error> = Some(&e);
     while let Some(err) = cur {
         chain.push(err.to_string());
         cur = err.source();

@@ -145,20 +145,7 @@ impl S3Sink {
 
     /// The object key for a batch.
     pub fn object_key(&self, batch: &Batch) -> String {
-        let middle = batch
-            .label
-            .as_deref()
-            .map(sanitize_key_part)
-            .unwrap_or_default();
-        format!(
-            "{}{}{}-{}-{:020}.ndjson{}",
-            self.c.prefix,
-            middle,
-            batch.tp.topic,
-            batch.tp.partition,
-            batch.first_offset().unwrap_or(0),
-            extension(self.c.compression)
-        )
+        object_key(&self.c, batch)
     }
 
     fn locked(&self) -> bool {
@@ -278,6 +265,26 @@ impl S3Sink {
 /// Makes a rendered key part safe: segments split on `/`, without empty, `.` and `..`
 /// segments or control characters, each at most 255 bytes, all at most 512 bytes, ending in
 /// `/` when not empty. The result never starts with `/` and never climbs out of the prefix.
+/// The object key a sink configured as `c` gives `batch`: the prefix, the sanitised rendered
+/// key part (the batch's label), and a deterministic name from topic, partition and first
+/// offset, so a batch sent again overwrites itself.
+pub fn object_key(c: &S3SinkConfig, batch: &Batch) -> String {
+    let middle = batch
+        .label
+        .as_deref()
+        .map(sanitize_key_part)
+        .unwrap_or_default();
+    format!(
+        "{}{}{}-{}-{:020}.ndjson{}",
+        c.prefix,
+        middle,
+        batch.tp.topic,
+        batch.tp.partition,
+        batch.first_offset().unwrap_or(0),
+        extension(c.compression)
+    )
+}
+
 pub fn sanitize_key_part(raw: &str) -> String {
     let mut out = String::new();
     for seg in raw.split(['/', '\\']) {

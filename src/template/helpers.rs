@@ -18,6 +18,16 @@ use handlebars::{
 };
 use serde_json::Value;
 
+/// Every helper a template may call: handlebars' own and ours. [`super::Templates::compile`]
+/// checks each template against this list, so a misspelt helper in a branch the sample event
+/// does not take is still reported before the daemon starts.
+pub const NAMES: &[&str] = &[
+    // handlebars' built-ins
+    "if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt", "lte",
+    "and", "or", "not", "len", // ours (registered below)
+    "json", "date", "upper", "lower", "truncate", "default",
+];
+
 /// Registers every helper on `hb`.
 pub fn register(hb: &mut Handlebars<'_>) {
     hb.register_helper("json", Box::new(ValueHelper("json", json)));

@@ -75,6 +75,8 @@ impl Templates {
                         "key",
                         format!("template does not compile: {e}"),
                     ));
+                } else if let Some(unknown) = hb.get_template(&name).and_then(unknown_helper) {
+                    errors.push(locator.sink_error(i, "key", unknown));
                 } else if let Err(e) = hb.render(&name, sample) {
                     errors.push(locator.sink_error(
                         i,
@@ -117,6 +119,8 @@ impl Templates {
             let name = format!("sink:{}", sink.name);
             if let Err(e) = hb.register_template_string(&name, &source) {
                 errors.push(locator.sink_error(i, key, format!("template does not compile: {e}")));
+            } else if let Some(unknown) = hb.get_template(&name).and_then(unknown_helper) {
+                errors.push(locator.sink_error(i, key, unknown));
             } else if let Err(e) = hb.render(&name, sample) {
                 errors.push(locator.sink_error(
                     i,
@@ -177,8 +181,64 @@ fn describe(e: &handlebars::RenderError) -> String {
     }
 }
 
+/// The first call of a helper that does not exist, anywhere in `t` (every branch, nested
+/// blocks, subexpressions), as a message with its template position.
+fn unknown_helper(t: &handlebars::template::Template) -> Option<String> {
+    use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
+    fn param(p: &Parameter) -> Option<String> {
+        match p {
+            Parameter::Subexpression(sub) => element(&sub.element),
+            _ => None,
+        }
+    }
+    fn helper(h: &HelperTemplate) -> Option<String> {
+        // `{{name}}` alone is a field lookup; with parameters, a hash or as a block it calls
+        // a helper.
+        let calls = !h.params.is_empty() || !h.hash.is_empty() || h.block;
+        if let Parameter::Name(name) = &h.name {
+            if calls && !helpers::NAMES.contains(&name.as_str()) {
+                return Some(format!(
+                    "unknown helper `{name}`; helpers are: {}",
+                    helpers::NAMES.join(", ")
+                ));
+            }
+        }
+        h.params
+            .iter()
+            .chain(h.hash.values())
+            .find_map(param)
+            .or_else(|| h.template.as_ref().and_then(template))
+            .or_else(|| h.inverse.as_ref().and_then(template))
+    }
+    fn element(e: &TemplateElement) -> Option<String> {
+        match e {
+            TemplateElement::Expression(h)
+            | TemplateElement::HtmlExpression(h)
+            | TemplateElement::HelperBlock(h) => helper(h),
+            _ => None,
+        }
+    }
+    fn template(t: &handlebars::template::Template) -> Option<String> {
+        t.elements.iter().enumerate().find_map(|(i, e)| {
+            element(e).map(|msg| match t.mapping.get(i) {
+                // The innermost position is the one to show.
+                Some(m) if !msg.contains("(template line") => {
+                    format!("{msg} (template line {}, column {})", m.0, m.1)
+                }
+                _ => msg,
+            })
+        })
+    }
+    template(t)
+}
+
+/// A template file's text, without the line break editors put at the end of a file (a record
+/// is one line; the sink adds the separator).
 fn read_template(p: &Path) -> Result<String, String> {
-    std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    let text =
+        std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
 }
 
 /// The event as it came, on one line. Pretty-printed input is re-serialised compactly

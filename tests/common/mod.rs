@@ -306,11 +306,42 @@ pub async fn start_pipeline(config: &Path) -> Running {
     }
 }
 
+impl Drop for Running {
+    /// A test that fails before `stop` must not hang: the pipeline is cancelled, which stops
+    /// its Kafka source thread (a runtime waits for blocking threads when it shuts down).
+    fn drop(&mut self) {
+        self.shutdown.request(Stage::Immediate);
+        self.handle.abort();
+        // Wait for the consumer to close while the test's Kafka still runs: a consumer whose
+        // cluster has gone takes a minute to give up.
+        let status = self.status.clone();
+        let wait = move || {
+            let start = Instant::now();
+            while !status.source.closed() && start.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            _ => wait(),
+        }
+    }
+}
+
 impl Running {
+    /// The admin API's base URL, once the pipeline has started it.
+    pub async fn admin_base(&self) -> String {
+        wait_until("the admin API to listen", Duration::from_secs(30), || {
+            self.status.admin_addr.get().is_some()
+        })
+        .await;
+        format!("http://{}", self.status.admin_addr.get().unwrap())
+    }
+
     /// Stops gracefully and returns the pipeline's result.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.request(Stage::Graceful);
-        self.handle.await.unwrap()
+        (&mut self.handle).await.unwrap()
     }
 }
 

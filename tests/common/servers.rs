@@ -384,3 +384,78 @@ impl Switch {
         self.up.send_replace(up);
     }
 }
+
+/// Emails received by [`start_smtp`], as raw messages with quoted-printable decoded.
+#[derive(Clone, Default)]
+pub struct MailCatcher {
+    pub mails: Arc<Mutex<Vec<String>>>,
+    current: Vec<u8>,
+}
+
+impl mailin_embedded::Handler for MailCatcher {
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.current.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn data_end(&mut self) -> mailin_embedded::Response {
+        let raw = std::mem::take(&mut self.current);
+        let decoded =
+            quoted_printable::decode(&raw, quoted_printable::ParseMode::Robust).unwrap_or(raw);
+        self.mails
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&decoded).into_owned());
+        mailin_embedded::response::OK
+    }
+}
+
+impl MailCatcher {
+    pub fn all(&self) -> Vec<String> {
+        self.mails.lock().unwrap().clone()
+    }
+
+    /// The mails whose Subject contains `text`.
+    pub fn with_subject(&self, text: &str) -> Vec<String> {
+        self.all()
+            .into_iter()
+            .filter(|m| subject(m).contains(text))
+            .collect()
+    }
+}
+
+/// The Subject header of a raw mail (unfolded).
+pub fn subject(mail: &str) -> String {
+    let mut lines = mail.lines().skip_while(|l| !l.starts_with("Subject: "));
+    let mut s = lines
+        .next()
+        .map(|l| l.trim_start_matches("Subject: ").to_string())
+        .unwrap_or_default();
+    for l in lines.take_while(|l| l.starts_with(' ') || l.starts_with('\t')) {
+        s.push(' ');
+        s.push_str(l.trim());
+    }
+    s
+}
+
+/// A free port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts an SMTP server on 127.0.0.1:`port` (a real SMTP conversation, no TLS offered).
+pub fn start_smtp(port: u16) -> MailCatcher {
+    let catcher = MailCatcher::default();
+    let mut server = mailin_embedded::Server::new(catcher.clone());
+    server.with_name("test-smtp");
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    server.with_tcp_listener(listener);
+    std::thread::spawn(move || {
+        let _ = server.serve();
+    });
+    catcher
+}
