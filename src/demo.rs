@@ -3,8 +3,9 @@
 //! It starts an in-process Kafka cluster, loads it with generated audit events (and a few
 //! malformed messages, and one event a template cannot render), writes the demo configuration
 //! to `<out>/auditstream.toml`, and runs the same pipeline `auditstream run` runs, through
-//! three file sinks with different templates, until every message is committed. Then it prints
-//! what went where.
+//! three file sinks with different templates and an HTTP sink whose endpoint (the demo's own)
+//! is down for a while, so its batches park, alerts are written to the outbox, and the park is
+//! replayed. It runs until every message is committed, then prints what went where.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

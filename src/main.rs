@@ -57,7 +57,7 @@ enum Command {
         #[command(subcommand)]
         action: QuarantineAction,
     },
-    /// Inspect and act on parked deliveries (the daemon must be stopped: sled is single-process).
+    /// Inspect and act on parked deliveries (through the admin API while the daemon runs).
     Parked {
         #[command(subcommand)]
         action: ParkedAction,

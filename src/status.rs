@@ -1,6 +1,6 @@
 //! What the running pipeline can tell about itself: each sink's state and counters, and the
 //! source's. Workers own and update their entries; everyone else (the demo's progress line,
-//! later the admin API, alerts and metrics) reads snapshots.
+//! the admin API, alerts and metrics) reads snapshots.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

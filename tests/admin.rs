@@ -392,3 +392,35 @@ fn the_command_line_reaches_a_running_daemon_and_json_logs_name_the_sink() {
     }
     assert!(about_siem >= 2, "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_token_refuses_every_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 1).unwrap();
+    // `token = "${UNSET:-}"` is how an empty token usually arrives.
+    let text = config(
+        kafka.bootstrap_servers(),
+        "g-empty-token",
+        dir.path(),
+        "127.0.0.1:0",
+        "http://127.0.0.1:9/",
+    )
+    .replace(
+        &format!("token = \"{TOKEN}\""),
+        "token = \"${AUDITSTREAM_TEST_UNSET_TOKEN:-}\"",
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let running = start_pipeline(&path).await;
+    let base = running.admin_base().await;
+    let http = reqwest::Client::new();
+    for auth in [None, Some("Bearer "), Some("Bearer")] {
+        let mut req = http.post(format!("{base}/sinks/siem/replay"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 401, "{auth:?}");
+    }
+    running.stop().await.unwrap();
+}

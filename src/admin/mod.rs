@@ -123,7 +123,7 @@ pub async fn serve(config: &AdminConfig, state: AdminState) -> anyhow::Result<Ad
     let addr = listener.local_addr()?;
     // Installed before the first event, so counters start at the start, not at the first scrape.
     metrics::handle();
-    if state.token.is_none() {
+    if state.token.as_ref().is_none_or(|t| t.expose().is_empty()) {
         tracing::warn!(
             "admin.token is not set: the admin API refuses every action (POST) and export"
         );
@@ -186,7 +186,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// Checks `Authorization: Bearer <token>` in constant time.
 fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &state.token else {
+    // An empty token (say `${TOKEN:-}` with TOKEN unset) is no token: it must not match an
+    // empty or missing header.
+    let Some(token) = state.token.as_ref().filter(|t| !t.expose().is_empty()) else {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "this daemon has no admin.token: actions are disabled".into(),

@@ -50,7 +50,8 @@ pub fn render(status: &Value, throughput: &Throughput) -> String {
             json!({
                 "name": name, "type": s["type"], "destination": s["destination"],
                 "state": state, "colour": colour(state), "since": s["since"],
-                "last_error": s["last_error"], "delivered": s["delivered_events"],
+                "last_error": s["last_error"], "holding": s["holding"],
+                "delivered": s["delivered_events"],
                 "quarantined": s["quarantined_events"], "parked_events": s["parked_events"],
                 "parked_bytes": bytesize::ByteSize(s["parked_bytes"].as_u64().unwrap_or(0)).display().iec().to_string(),
                 "oldest": s["oldest_parked_at"], "replayed": s["replayed_events"],

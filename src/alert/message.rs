@@ -173,6 +173,8 @@ pub struct Rendered {
 pub struct Renderer {
     plain: Handlebars<'static>,
     html: Handlebars<'static>,
+    /// The admin API's address (`http://host:port`), for the commands in each message.
+    admin: String,
 }
 
 impl Renderer {
@@ -191,9 +193,21 @@ impl Renderer {
         plain.register_template_string("text", source("text.hbs", TEXT)?)?;
         let mut html = Handlebars::new();
         html.register_template_string("html", source("html.hbs", HTML)?)?;
-        let r = Self { plain, html };
+        let r = Self {
+            plain,
+            html,
+            admin: "http://127.0.0.1:9600".into(),
+        };
         r.try_render(&sample())?;
         Ok(r)
+    }
+
+    /// Names the admin API's address in the messages (`{{admin}}` in the templates).
+    pub fn with_admin(mut self, admin: Option<String>) -> Self {
+        if let Some(a) = admin {
+            self.admin = a;
+        }
+        self
     }
 
     /// Renders an alert; a broken override falls back to a plain message rather than losing it.
@@ -218,7 +232,8 @@ impl Renderer {
     }
 
     fn try_render(&self, alert: &Alert) -> anyhow::Result<Rendered> {
-        let ctx = context(alert);
+        let mut ctx = context(alert);
+        ctx["admin"] = Value::String(self.admin.clone());
         let subject = self.plain.render("subject", &ctx)?;
         Ok(Rendered {
             sink: alert.sink.name.clone(),

@@ -215,7 +215,8 @@ pub async fn run(
     status: Arc<Status>,
     store: Store,
 ) -> anyhow::Result<()> {
-    let renderer = message::Renderer::new(config.templates_dir.as_deref())?;
+    let renderer = message::Renderer::new(config.templates_dir.as_deref())?
+        .with_admin(status.admin_addr.get().map(|a| format!("http://{a}")));
     let outbox = send::Outbox::open(&store)?;
     let sender = send::Sender::new(&config)?;
     let settings = WatchSettings {
