@@ -277,7 +277,13 @@ pub fn human_duration(ms: i64) -> String {
 /// The template context.
 fn context(a: &Alert) -> Value {
     let s = &a.sink;
-    let problem = classify(s.last_error.as_deref().unwrap_or(""));
+    // A sink that holds the stream is first of all a park problem.
+    let problem = classify(
+        s.holding
+            .as_deref()
+            .or(s.last_error.as_deref())
+            .unwrap_or(""),
+    );
     let since: chrono::DateTime<chrono::Utc> = s.since.into();
     let percent = a.park_bytes * 100 / a.park_max_bytes.max(1);
     json!({
@@ -287,6 +293,8 @@ fn context(a: &Alert) -> Value {
         "recovered": a.kind == AlertKind::Recovered,
         "park_filling": a.kind == AlertKind::ParkFilling,
         "expiry_soon": a.kind == AlertKind::ExpirySoon,
+        "holding": a.kind == AlertKind::Holding,
+        "holding_why": s.holding,
         "reminder_number": a.reminder,
         "host": hostname(),
         "sink": {

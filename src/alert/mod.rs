@@ -11,6 +11,8 @@
 //! - once it has been `healthy` (park drained) for `recovery_hold`, **recovered**, with how
 //!   long it was down and how much was replayed. Breaking again during the hold continues the
 //!   same incident: a flapping sink sends no storm;
+//! - **holding** when a sink holds the whole stream back (its park is full with
+//!   `when_full = "block"`, or the park cannot be written): every sink waits until it clears;
 //! - **park filling** when the park reaches 80% of `park.max_bytes` (again after it fell below
 //!   70%), and **expiry soon** when a sink's oldest parked batch is within 24 hours (or half of
 //!   `max_age`, when that is shorter) of being exported by `park.max_age`.
@@ -41,6 +43,7 @@ pub enum AlertKind {
     Recovered,
     ParkFilling,
     ExpirySoon,
+    Holding,
 }
 
 /// One message to send, with the facts it reports.
@@ -71,7 +74,9 @@ pub struct Incident {
     pub reminders: u32,
     /// Healthy since (the recovery hold runs); cleared if it breaks again.
     pub healthy_since_ms: Option<i64>,
-    pub replayed_at_start: u64,
+    /// Events replayed during this incident, kept across restarts.
+    #[serde(default)]
+    pub replayed: u64,
 }
 
 /// What the watcher remembers of one sink, persisted.
@@ -79,6 +84,8 @@ pub struct Incident {
 pub struct SinkAlertState {
     pub incident: Option<Incident>,
     pub expiry_warned: bool,
+    #[serde(default)]
+    pub holding_warned: bool,
 }
 
 /// The timings and limits the watcher works with.
@@ -91,11 +98,13 @@ pub struct WatchSettings {
 }
 
 /// Decides which messages to send, from successive snapshots.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Watcher {
     settings: WatchSettings,
     states: HashMap<String, SinkAlertState>,
     park_full_warned: bool,
+    /// Each sink's replayed counter at the last tick (this process's counters start at 0).
+    replayed_seen: HashMap<String, u64>,
 }
 
 impl Watcher {
@@ -104,6 +113,7 @@ impl Watcher {
             settings,
             states,
             park_full_warned: false,
+            replayed_seen: HashMap::new(),
         }
     }
 
@@ -136,8 +146,13 @@ impl Watcher {
             expires_at_ms: s.oldest_parked_ms.map(|o| o + max_age_ms),
         };
         for s in sinks {
+            let seen = self.replayed_seen.insert(s.name.clone(), s.replayed_events);
+            let replayed_now = s.replayed_events.saturating_sub(seen.unwrap_or(0));
             let st = self.states.entry(s.name.clone()).or_default();
             let before = st.clone();
+            if let Some(inc) = st.incident.as_mut() {
+                inc.replayed += replayed_now;
+            }
             match (s.state, st.incident.as_mut()) {
                 (SinkState::Broken, None) => {
                     st.incident = Some(Incident {
@@ -145,7 +160,7 @@ impl Watcher {
                         last_sent_ms: now_ms,
                         reminders: 0,
                         healthy_since_ms: None,
-                        replayed_at_start: s.replayed_events,
+                        replayed: 0,
                     });
                     alerts.push(Alert {
                         broken_since_ms: Some(now_ms),
@@ -172,13 +187,22 @@ impl Watcher {
                         alerts.push(Alert {
                             broken_since_ms: Some(inc.broken_since_ms),
                             downtime_ms: Some(since - inc.broken_since_ms),
-                            replayed: Some(s.replayed_events.saturating_sub(inc.replayed_at_start)),
+                            replayed: Some(inc.replayed),
                             ..base(AlertKind::Recovered, s)
                         });
                         st.incident = None;
                     }
                 }
                 (_, None) => {}
+            }
+            // The sink holds the stream back.
+            match (&s.holding, st.holding_warned) {
+                (Some(_), false) => {
+                    st.holding_warned = true;
+                    alerts.push(base(AlertKind::Holding, s));
+                }
+                (None, true) => st.holding_warned = false,
+                _ => {}
             }
             // Parked data close to expiry.
             match s.oldest_parked_ms {
@@ -236,19 +260,33 @@ pub async fn run(
         tick.tick().await;
         let snaps: Vec<SinkSnapshot> = status.sinks.iter().map(|s| s.snapshot()).collect();
         let now = chrono::Utc::now().timestamp_millis();
+        let previous = watcher.clone();
         let (alerts, changed) = watcher.tick(now, &snaps, store.total_bytes());
-        for alert in alerts {
-            let rendered = renderer.render(&alert);
+        let mut failed = false;
+        for alert in &alerts {
+            let rendered = renderer.render(alert);
             tracing::warn!(sink = %alert.sink.name, subject = %rendered.subject, "alert");
             if let Err(e) = outbox.push(&rendered) {
-                break_with(&e);
+                tracing::error!(error = %e, subject = %rendered.subject, "cannot queue an alert; it is tried again in a second");
+                failed = true;
             }
         }
-        for name in changed {
-            if let Some(st) = watcher.state(&name) {
-                if let Err(e) = outbox.save_state(&name, st) {
-                    break_with(&e);
+        if failed {
+            // Forget this tick: the same alerts come up again at the next one.
+            watcher = previous;
+            continue;
+        }
+        for name in &changed {
+            if let Some(st) = watcher.state(name) {
+                if let Err(e) = outbox.save_state(name, st) {
+                    tracing::error!(error = %e, sink = %name, "cannot store the alert state; after a restart an alert may be sent twice");
                 }
+            }
+        }
+        if !alerts.is_empty() || !changed.is_empty() {
+            // Queued alerts survive a crash from here on.
+            if let Err(e) = store.flush().await {
+                tracing::error!(error = %e, "cannot flush queued alerts to disk");
             }
         }
         if sending.is_finished() {
@@ -257,10 +295,6 @@ pub async fn run(
     };
     drop(sending);
     result
-}
-
-fn break_with(e: &crate::park::StoreError) {
-    tracing::error!(error = %e, "cannot store an alert; it will be missing");
 }
 
 #[cfg(test)]
@@ -399,5 +433,52 @@ mod tests {
         w.tick(now + 4, &[snap(SinkState::Broken, 0, None, 100)], 100);
         let (a, _) = w.tick(now + 5, &[snap(SinkState::Broken, 0, None, 820)], 820);
         assert_eq!(kinds(&a), vec![AlertKind::ParkFilling]);
+    }
+
+    #[test]
+    fn the_replayed_count_of_an_incident_survives_a_restart() {
+        let mut w = watcher();
+        let t0 = 1_000_000;
+        w.tick(t0, &[snap(SinkState::Broken, 0, None, 0)], 0);
+        w.tick(t0 + 1000, &[snap(SinkState::Recovering, 100, None, 0)], 0);
+        w.tick(t0 + 2000, &[snap(SinkState::Broken, 100, None, 0)], 0);
+        // A restart: the incident comes back from the store, the process counters from 0.
+        let saved = w.state("siem").unwrap().clone();
+        let mut w = Watcher::new(
+            w.settings.clone(),
+            HashMap::from([("siem".to_string(), saved)]),
+        );
+        w.tick(t0 + 3000, &[snap(SinkState::Recovering, 50, None, 0)], 0);
+        w.tick(t0 + 4000, &[snap(SinkState::Healthy, 80, None, 0)], 0);
+        let (a, _) = w.tick(
+            t0 + 4000 + 300_000,
+            &[snap(SinkState::Healthy, 80, None, 0)],
+            0,
+        );
+        assert_eq!(kinds(&a), vec![AlertKind::Recovered]);
+        assert_eq!(a[0].replayed, Some(180));
+    }
+
+    #[test]
+    fn holding_the_stream_is_reported_once_until_it_clears() {
+        let mut w = watcher();
+        let holding = |why: Option<&str>| SinkSnapshot {
+            holding: why.map(str::to_string),
+            ..snap(SinkState::Broken, 0, None, 0)
+        };
+        let why = Some("the park is full (1000 of 1000 bytes)");
+        let (a, _) = w.tick(1, &[holding(why)], 1000);
+        assert!(kinds(&a).contains(&AlertKind::Holding));
+        assert!(!kinds(&w.tick(2, &[holding(why)], 1000).0).contains(&AlertKind::Holding));
+        w.tick(3, &[holding(None)], 500);
+        assert!(kinds(&w.tick(4, &[holding(why)], 1000).0).contains(&AlertKind::Holding));
+        let alert = a.iter().find(|a| a.kind == AlertKind::Holding).unwrap();
+        let text = message::Renderer::new(None).unwrap().render(alert);
+        assert!(
+            text.subject.contains("holding the stream"),
+            "{}",
+            text.subject
+        );
+        assert!(text.text.contains("every sink waits"), "{}", text.text);
     }
 }

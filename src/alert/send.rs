@@ -250,17 +250,26 @@ impl Sender {
         Ok(())
     }
 
-    /// Sends one message on every channel that does not have it yet.
+    /// Sends one message on every channel that does not have it yet; each channel on its
+    /// own, so a mail server that is down does not hold the webhook back (or the reverse).
     async fn send(&self, p: &mut Pending) -> anyhow::Result<()> {
+        let mut failures = Vec::new();
         if !p.email_sent {
-            self.send_email(&p.message).await?;
-            p.email_sent = true;
+            match self.send_email(&p.message).await {
+                Ok(()) => p.email_sent = true,
+                Err(e) => failures.push(format!("email: {e:#}")),
+            }
         }
         if !p.webhook_sent {
-            self.send_webhook(&p.message).await?;
-            p.webhook_sent = true;
+            match self.send_webhook(&p.message).await {
+                Ok(()) => p.webhook_sent = true,
+                Err(e) => failures.push(format!("webhook: {e:#}")),
+            }
         }
-        Ok(())
+        match failures.is_empty() {
+            true => Ok(()),
+            false => Err(anyhow::anyhow!(failures.join("; "))),
+        }
     }
 
     /// Sends queued messages, oldest first, forever.
