@@ -227,8 +227,52 @@ impl Running {
         result
     }
 
-    fn delivered(&self, batch: &Batch, replayed: bool) {
-        let n = batch.len() as u64;
+    /// Writes the records the destination refused for good to the quarantine, durably, before
+    /// the batch counts as delivered (its offsets committed, or its park entry removed).
+    async fn quarantine_refused(&self, batch: &Batch, receipt: &crate::sink::Receipt) {
+        if receipt.refused().is_empty() {
+            return;
+        }
+        let entries: Vec<QuarantineEntry> = receipt
+            .refused()
+            .iter()
+            .filter_map(|r| {
+                let record = batch.records.get(r.index)?;
+                let msg = RawMessage {
+                    coords: crate::event::Coords {
+                        topic: batch.tp.topic.clone(),
+                        partition: batch.tp.partition,
+                        offset: record.offset,
+                    },
+                    timestamp_ms: None,
+                    key: None,
+                    headers: vec![],
+                    payload: Some(record.body.clone().into()),
+                };
+                Some(QuarantineEntry::new(
+                    &msg,
+                    Some(self.name()),
+                    "refused_by_destination",
+                    r.reason.clone(),
+                ))
+            })
+            .collect();
+        let mut wait = Duration::from_millis(100);
+        while let Err(e) = self.w.park.store().quarantine_durably(&entries).await {
+            tracing::error!(sink = %self.name(), error = %e, "cannot write refused records to the quarantine; the batch waits");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+        let n = entries.len() as u64;
+        self.w.status.add_quarantined(n);
+        metrics::counter!("auditstream_quarantined_events_total", "sink" => self.name().to_string()).increment(n);
+        for e in &entries {
+            tracing::error!(sink = %self.name(), topic = %e.topic, partition = e.partition, offset = e.offset, reason = %e.reason, "the destination refused a record for good; it is in the quarantine (auditstream quarantine list)");
+        }
+    }
+
+    fn delivered(&self, batch: &Batch, receipt: &crate::sink::Receipt, replayed: bool) {
+        let n = (batch.len() - receipt.refused().len().min(batch.len())) as u64;
         self.w.status.add_delivered(n);
         let sink = self.name().to_string();
         metrics::counter!("auditstream_delivered_events_total", "sink" => sink.clone())
@@ -243,8 +287,9 @@ impl Running {
     async fn take(&self, batch: Batch) {
         if self.w.park.entries() == 0 {
             match self.attempt(&batch).await {
-                Ok(_) => {
-                    self.delivered(&batch, false);
+                Ok(receipt) => {
+                    self.quarantine_refused(&batch, &receipt).await;
+                    self.delivered(&batch, &receipt, false);
                     self.finished(&batch);
                     // A failed start-up check said `retrying`; a delivery says otherwise.
                     if self.w.status.state() != SinkState::Healthy && self.w.park.entries() == 0 {
@@ -496,10 +541,11 @@ impl Running {
             };
             match self.attempt(&head.batch).await {
                 Ok(receipt) => {
+                    self.quarantine_refused(&head.batch, &receipt).await;
+                    self.delivered(&head.batch, &receipt, true);
                     if let Err(e) = self.w.park.release(&head, Release::Delivered(receipt)) {
                         self.handle_store_error(e).await;
                     }
-                    self.delivered(&head.batch, true);
                     trouble = None;
                     let state = if self.w.park.entries() > 0 {
                         SinkState::Recovering

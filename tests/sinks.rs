@@ -330,7 +330,7 @@ async fn http_retries_transient_failures_and_every_event_arrives_in_order() {
         Answer::Status(503),
         Answer::Status(503),
         Answer::Status(503),
-        Answer::RetryAfter(1),
+        Answer::RetryAfter(4),
         Answer::Slow(Duration::from_millis(1500)),
         Answer::Status(500),
     ]);
@@ -361,7 +361,7 @@ async fn http_retries_transient_failures_and_every_event_arrives_in_order() {
     assert_first_arrivals_ordered(&seen);
 
     // The waits followed the schedule: backoff between the 503s, and at least the
-    // Retry-After second after the 429.
+    // Retry-After seconds after the 429 (longer than the schedule's own step, at most 2.6 s).
     let reqs = receiver.requests();
     let statuses: Vec<u16> = reqs.iter().map(|r| r.status).collect();
     assert_eq!(
@@ -377,7 +377,7 @@ async fn http_retries_transient_failures_and_every_event_arrives_in_order() {
     assert!((250..=700).contains(&ms(gaps[0])), "{gaps:?}");
     assert!((500..=1300).contains(&ms(gaps[1])), "{gaps:?}");
     assert!(
-        gaps[3] >= Duration::from_millis(950),
+        gaps[3] >= Duration::from_millis(3900),
         "Retry-After honoured: {gaps:?}"
     );
 }
@@ -392,8 +392,10 @@ async fn http_permanent_errors_break_the_sink_at_once_and_park_until_it_recovers
     kafka.create_topic(TOPIC, 1).unwrap();
     let ids = produce_events(&kafka, TOPIC, 23, 50);
     let mut text = config_head(kafka.bootstrap_servers(), "g-401", TOPIC, dir.path());
+    // Probes start 1 s (+-10%) after the break: far longer than the 50 ms it takes to see it.
     text += &http_sink_toml("siem", &format!("http://{addr}/"), "")
-        .replace("max_interval = \"2s\"", "max_interval = \"1s\"");
+        .replace("initial_interval = \"100ms\"", "initial_interval = \"1s\"")
+        .replace("max_interval = \"2s\"", "max_interval = \"2s\"");
     let path = dir.path().join("c.toml");
     std::fs::write(&path, text).unwrap();
     let running = start_pipeline(&path).await;
@@ -458,12 +460,26 @@ async fn http_requests_too_large_are_split_not_retried_forever() {
         .filter(|r| r.status == 200)
         .all(|r| r.body.len() <= 2000));
 
-    // A single record the endpoint refuses is permanent.
-    let e = sink
-        .deliver(&batch(0, 60, vec!["z".repeat(3000)]))
-        .await
-        .unwrap_err();
-    assert!(e.is_permanent(), "{e}");
+    // A single record the endpoint still refuses is listed as refused (the worker quarantines
+    // it); the records around it arrive, in order.
+    let before = receiver.accepted_lines().len();
+    let mixed = vec![
+        "{\"n\":\"a\"}".to_string(),
+        "z".repeat(3000),
+        "{\"n\":\"b\"}".to_string(),
+    ];
+    let receipt = sink.deliver(&batch(0, 60, mixed.clone())).await.unwrap();
+    assert_eq!(receipt.refused().len(), 1);
+    assert_eq!(receipt.refused()[0].index, 1);
+    assert!(
+        receipt.refused()[0].reason.contains("413"),
+        "{:?}",
+        receipt.refused()
+    );
+    assert_eq!(
+        receiver.accepted_lines()[before..].to_vec(),
+        vec![mixed[0].clone(), mixed[2].clone()]
+    );
 
     // max_request_bytes splits before sending: no 413 at all.
     let polite = Receiver::new();
@@ -558,9 +574,11 @@ async fn http_tls_with_a_private_ca_and_client_certificates() {
         ca.display()
     )))
     .unwrap();
+    let e = without.deliver(&one()).await.unwrap_err();
+    eprintln!("without a client certificate: {e}");
     assert!(
-        without.deliver(&one()).await.is_err(),
-        "the server wants a client certificate"
+        e.is_permanent() && e.detail.to_lowercase().contains("certificate"),
+        "the server wants a client certificate, and only a person can fix that: {e}"
     );
     let with = HttpSink::new(&http_config(&format!(
         "url=\"{url}\"\nca_file=\"{}\"\nclient_cert=\"{}\"\nclient_key=\"{}\"",
@@ -606,4 +624,54 @@ async fn one_failing_sink_does_not_stop_the_other() {
     let partitions: BTreeSet<i32> = seen.iter().map(|s| s.partition).collect();
     assert_eq!(partitions.len(), 4);
     running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_endpoint_always_refuses_is_quarantined_and_the_rest_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::new();
+    receiver.max_body(3000);
+    let addr = receiver.serve().await;
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 1).unwrap();
+    let before = produce_events(&kafka, TOPIC, 24, 40);
+    let huge = format!(r#"{{"id":"huge","action":"{}"}}"#, "x".repeat(5000));
+    kafka
+        .send(TOPIC, Some(0), None, Some(huge.as_bytes()))
+        .unwrap();
+    kafka.flush().unwrap();
+    let after = produce_events(&kafka, TOPIC, 25, 40);
+    let mut text = config_head(kafka.bootstrap_servers(), "g-refused", TOPIC, dir.path());
+    text += &http_sink_toml("siem", &format!("http://{addr}/"), "");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let running = start_pipeline(&path).await;
+    let sink = running.status.sink("siem").unwrap().clone();
+    let status = running.status.clone();
+    let total = (before.len() + 1 + after.len()) as u64;
+    wait_until("every message finished and committed", LONG, || {
+        status.source.committable() >= total
+    })
+    .await;
+    assert_eq!(sink.state(), SinkState::Healthy, "{:?}", sink.snapshot());
+    assert_eq!(
+        sink.snapshot().parked_events,
+        0,
+        "nothing is stuck in the park"
+    );
+    assert_eq!(sink.quarantined(), 1);
+    running.stop().await.unwrap();
+
+    let seen = parse_seen(&receiver.accepted_lines());
+    let ids: Vec<String> = before.iter().chain(&after).cloned().collect();
+    assert_eq!(assert_all_arrived(&ids, &seen), 0);
+    assert!(seen.iter().all(|s| s.id != "huge"));
+    let store = auditstream::park::Store::open(&dir.path().join("park")).unwrap();
+    let q: Vec<_> = store.quarantine_entries().map(|e| e.unwrap().1).collect();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0].sink.as_deref(), Some("siem"));
+    assert_eq!(q[0].kind, "refused_by_destination");
+    assert_eq!(q[0].offset, before.len() as i64);
+    assert!(q[0].reason.contains("413"), "{}", q[0].reason);
+    assert!(q[0].value.as_deref().unwrap().contains("\"id\":\"huge\""));
 }

@@ -132,6 +132,14 @@ impl Store {
         Ok(())
     }
 
+    /// Writes entries to the quarantine and flushes them to disk: for callers that must know
+    /// the entries are durable before they go on (a sink's refused records).
+    pub async fn quarantine_durably(&self, entries: &[QuarantineEntry]) -> Result<(), StoreError> {
+        let refs: Vec<&QuarantineEntry> = entries.iter().collect();
+        self.quarantine_append(&refs)?;
+        self.flush().await
+    }
+
     /// Every quarantined entry, oldest first, with its sequence number.
     pub fn quarantine_entries(
         &self,

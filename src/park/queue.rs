@@ -76,6 +76,11 @@ pub struct SinkPark {
 type TxError = TransactionError<StoreError>;
 
 impl SinkPark {
+    /// The store this park lives in (for the quarantine of refused records).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub(super) fn open(store: Store, name: &str) -> Result<Self, StoreError> {
         let db = &store.inner.db;
         let meta = db

@@ -22,7 +22,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
 use super::compress::compress;
-use super::{DeliveryError, Receipt, Sink};
+use super::{DeliveryError, Receipt, Refused, Sink};
 use crate::batch::{Batch, Record};
 use crate::config::{Compression, HttpAuth, HttpEncoding, HttpMethod, HttpSinkConfig};
 
@@ -135,9 +135,12 @@ impl HttpSink {
     }
 
     /// Sends records as one request; on 413 splits them in halves and sends each.
-    async fn send(&self, records: &[Record]) -> Result<(), DeliveryError> {
-        let mut pending = vec![records];
-        while let Some(part) = pending.pop() {
+    /// `records` start at index `base` of their batch; a lone record the endpoint still finds
+    /// too large is refused (quarantined by the worker), not retried forever.
+    async fn send(&self, records: &[Record], base: usize) -> Result<Vec<Refused>, DeliveryError> {
+        let mut refused = Vec::new();
+        let mut pending = vec![(base, records)];
+        while let Some((at, part)) = pending.pop() {
             match self.request(part).await {
                 Err(e) if e.too_large && part.len() > 1 => {
                     let (a, b) = part.split_at(part.len() / 2);
@@ -145,21 +148,26 @@ impl HttpSink {
                         records = part.len(),
                         "413 from the endpoint: sending the request in two halves"
                     );
-                    pending.push(b);
-                    pending.push(a);
+                    pending.push((at + a.len(), b));
+                    pending.push((at, a));
                 }
                 Err(e) if e.too_large => {
-                    return Err(DeliveryError::permanent(format!(
-                        "{} (a single record of {} bytes is larger than the endpoint accepts)",
-                        e.error.detail,
-                        part[0].body.len()
-                    )))
+                    tracing::warn!(offset = part[0].offset, bytes = part[0].body.len(), "the endpoint refuses a single record as too large; it goes to the quarantine");
+                    refused.push(Refused {
+                        index: at,
+                        reason: format!(
+                            "{} (a single record of {} bytes is larger than the endpoint accepts)",
+                            e.error.detail,
+                            part[0].body.len()
+                        ),
+                    });
                 }
                 Err(e) => return Err(e.error),
                 Ok(()) => {}
             }
         }
-        Ok(())
+        refused.sort_by_key(|r| r.index);
+        Ok(refused)
     }
 
     async fn request(&self, records: &[Record]) -> Result<(), Answer> {
@@ -321,10 +329,12 @@ fn redacted(url: &Url) -> String {
 #[async_trait]
 impl Sink for HttpSink {
     async fn deliver(&self, batch: &Batch) -> Result<Receipt, DeliveryError> {
+        let mut refused = Vec::new();
         for range in self.plan(&batch.records) {
-            self.send(&batch.records[range]).await?;
+            let base = range.start;
+            refused.extend(self.send(&batch.records[range], base).await?);
         }
-        Ok(Receipt::for_batch(batch))
+        Ok(Receipt::refusing(batch, refused))
     }
 
     fn describe(&self) -> String {

@@ -74,6 +74,10 @@ impl fmt::Display for DeliveryError {
 /// Proof that a destination accepted one batch. Only sinks can make one (its constructor is
 /// private to this module), so the park, which removes a parked batch only in exchange for the
 /// receipt of that same batch, cannot be emptied without a delivery.
+///
+/// A destination may take a batch but refuse single records in it for good (an HTTP endpoint
+/// answering 413 to a request holding one record): those are listed in [`Receipt::refused`],
+/// and the worker quarantines them before the batch counts as finished.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     topic: std::sync::Arc<str>,
@@ -81,6 +85,15 @@ pub struct Receipt {
     first: Option<i64>,
     last: Option<i64>,
     records: usize,
+    refused: Vec<Refused>,
+}
+
+/// One record of a batch that the destination refused for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The record's index in its batch.
+    pub index: usize,
+    pub reason: String,
 }
 
 impl Receipt {
@@ -92,12 +105,33 @@ impl Receipt {
             first: batch.first_offset(),
             last: batch.last_offset(),
             records: batch.len(),
+            refused: Vec::new(),
+        }
+    }
+
+    /// Made by a sink once the destination has `batch`, except the `refused` records.
+    pub(in crate::sink) fn refusing(batch: &Batch, refused: Vec<Refused>) -> Self {
+        Self {
+            refused,
+            ..Self::for_batch(batch)
         }
     }
 
     /// Whether this receipt is for `batch`.
     pub fn is_for(&self, batch: &Batch) -> bool {
-        *self == Self::for_batch(batch)
+        let b = Self::for_batch(batch);
+        (
+            &self.topic,
+            self.partition,
+            self.first,
+            self.last,
+            self.records,
+        ) == (&b.topic, b.partition, b.first, b.last, b.records)
+    }
+
+    /// The records the destination refused for good.
+    pub fn refused(&self) -> &[Refused] {
+        &self.refused
     }
 }
 
