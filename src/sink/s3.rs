@@ -314,6 +314,33 @@ fn truncate_bytes(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// An answer from S3 (or a compatible store): throttling, internal errors, 5xx, 408 and 429
+/// are worth retrying; anything else (AccessDenied, NoSuchBucket, InvalidRequest ...) needs a
+/// person. Throttling asks for a slower pace: at least a second before the next try.
+fn service_error(status: u16, code: &str, message: &str, bucket: &str) -> DeliveryError {
+    let detail = format!("S3 {code} (HTTP {status}) on bucket {bucket}: {message}");
+    let throttled = matches!(
+        code,
+        "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
+    );
+    let transient = throttled
+        || matches!(
+            code,
+            "InternalError" | "ServiceUnavailable" | "RequestTimeout"
+        )
+        || status >= 500
+        || status == 429
+        || status == 408;
+    if !transient {
+        return DeliveryError::permanent(detail);
+    }
+    let mut err = DeliveryError::retryable(detail);
+    if throttled {
+        err.retry_after = Some(Duration::from_secs(1));
+    }
+    err
+}
+
 /// What an S3 failure means for retrying, with the detail a person needs.
 fn classify<E>(
     e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
@@ -323,34 +350,12 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     match &e {
-        SdkError::ServiceError(se) => {
-            let status = se.raw().status().as_u16();
-            let code = e.code().unwrap_or("unknown").to_string();
-            let message = e.message().unwrap_or("").to_string();
-            let detail = format!("S3 {code} (HTTP {status}) on bucket {bucket}: {message}");
-            let throttled = matches!(
-                code.as_str(),
-                "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
-            );
-            let transient = throttled
-                || matches!(
-                    code.as_str(),
-                    "InternalError" | "ServiceUnavailable" | "RequestTimeout"
-                )
-                || status >= 500
-                || status == 429
-                || status == 408;
-            if transient {
-                let mut err = DeliveryError::retryable(detail);
-                if throttled {
-                    // S3 asks for a slower pace; wait at least a second.
-                    err.retry_after = Some(Duration::from_secs(1));
-                }
-                err
-            } else {
-                DeliveryError::permanent(detail)
-            }
-        }
+        SdkError::ServiceError(se) => service_error(
+            se.raw().status().as_u16(),
+            e.code().unwrap_or("unknown"),
+            e.message().unwrap_or(""),
+            bucket,
+        ),
         SdkError::ConstructionFailure(_) => DeliveryError::permanent(format!(
             "S3 request could not be built: {}",
             DisplayErrorContext(&e)
@@ -427,6 +432,41 @@ mod tests {
         assert_eq!(sanitize_key_part("ws\u{0}-1\n/x"), "ws-1/x/");
         assert_eq!(sanitize_key_part("..\\..\\win"), "win/");
         assert_eq!(sanitize_key_part(""), "");
+    }
+
+    #[test]
+    fn s3_answers_are_classed_by_code_and_status() {
+        for (status, code) in [
+            (503, "SlowDown"),
+            (500, "InternalError"),
+            (503, "ServiceUnavailable"),
+            (400, "RequestTimeout"),
+            (429, "TooManyRequests"),
+            (502, "BadGateway"),
+        ] {
+            let e = service_error(status, code, "m", "b");
+            assert!(!e.is_permanent(), "{status} {code} is worth retrying");
+        }
+        assert_eq!(
+            service_error(503, "SlowDown", "m", "b").retry_after,
+            Some(Duration::from_secs(1)),
+            "throttling slows down"
+        );
+        for (status, code) in [
+            (403, "AccessDenied"),
+            (404, "NoSuchBucket"),
+            (400, "InvalidRequest"),
+            (403, "InvalidAccessKeyId"),
+            (403, "SignatureDoesNotMatch"),
+        ] {
+            let e = service_error(status, code, "msg", "bkt");
+            assert!(e.is_permanent(), "{status} {code} needs a person");
+            assert!(
+                e.detail.contains(code) && e.detail.contains("bkt") && e.detail.contains("msg"),
+                "the detail keeps code, bucket and message: {}",
+                e.detail
+            );
+        }
         let long = "é".repeat(400);
         let s = sanitize_key_part(&long);
         assert!(s.len() <= MAX_SEGMENT + 1, "{}", s.len());
