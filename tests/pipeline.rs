@@ -196,3 +196,80 @@ async fn the_demo_runs_end_to_end() {
     let store = Store::open(&out.join("park")).unwrap();
     assert_eq!(store.quarantine_entries().count(), 8);
 }
+
+/// Several topics; one of them holds only events no sink wants. Its offsets are committed
+/// while the daemon runs (not only at the stop), and the quarantine can be read from the
+/// command line once the daemon has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_topics_and_offsets_of_filtered_out_events_are_committed_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 2).unwrap();
+    kafka.create_topic("noise", 2).unwrap();
+    let ids = produce_events(&kafka, TOPIC, 41, 300);
+    kafka
+        .send(TOPIC, Some(0), None, Some(b"{not json"))
+        .unwrap();
+    kafka.flush().unwrap();
+    let path = write_config(
+        dir.path(),
+        kafka.bootstrap_servers(),
+        "g-topics",
+        TOPIC,
+        "",
+        &[("all", "filter = { \"actor.type\" = \"*\" }")],
+    );
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!("topics = [\"{TOPIC}\"]"),
+        &format!("topics = [\"{TOPIC}\", \"noise\"]"),
+    );
+    std::fs::write(&path, text).unwrap();
+    let running = start_pipeline(&path).await;
+    let status = running.status.clone();
+    wait_until(
+        "the audit events delivered",
+        Duration::from_secs(60),
+        || status.sink("all").unwrap().delivered() >= ids.len() as u64,
+    )
+    .await;
+    // Only now the events no sink wants: no delivery report follows them, yet their offsets
+    // must be committed while the daemon runs.
+    for i in 0..200 {
+        let e = format!(r#"{{"id":"n-{i}","action":"health.ping"}}"#);
+        kafka
+            .send("noise", Some(i % 2), None, Some(e.as_bytes()))
+            .unwrap();
+    }
+    kafka.flush().unwrap();
+    let brokers = kafka.bootstrap_servers().to_string();
+    wait_until(
+        "the filtered-out topic to be committed",
+        Duration::from_secs(30),
+        || {
+            committed(&brokers, "g-topics", "noise", 2)
+                .values()
+                .sum::<i64>()
+                == 200
+        },
+    )
+    .await;
+    running.stop().await.unwrap();
+    let all = read_seen(&dir.path().join("all.jsonl"));
+    assert_eq!(assert_all_arrived(&ids, &all), 0);
+    assert!(all.iter().all(|s| !s.id.starts_with("n-")));
+    let committed_audit: i64 = committed(&brokers, "g-topics", TOPIC, 2).values().sum();
+    assert_eq!(committed_audit as usize, ids.len() + 1);
+
+    // The daemon has stopped: the command line opens the store itself.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditstream"))
+        .args(["quarantine", "list", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("not_json") && text.contains(TOPIC), "{text}");
+}
