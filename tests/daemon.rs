@@ -363,3 +363,63 @@ fn a_second_signal_stops_at_once_without_committing_undelivered_work() {
         "the sink really was stuck ({delivered} delivered)"
     );
 }
+
+/// A daemon whose sink is slow holds thousands of events in flight when a second daemon joins
+/// its group. Its partitions are revoked: it may commit only what its sink has finished. It is
+/// then killed at once; the newcomer starts from those commits, so nothing is skipped.
+#[test]
+fn a_rebalance_never_commits_past_work_still_in_flight() {
+    use common::servers::{Answer, Receiver};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let receiver = Receiver::new();
+    // 50 events per request, 200 ms per request: about 250 events a second.
+    receiver.then(Answer::Slow(Duration::from_millis(200)));
+    let addr = rt.block_on(receiver.serve());
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 4).unwrap();
+    let brokers = kafka.bootstrap_servers().to_string();
+    let ids = produce_events(&kafka, TOPIC, 6, 3000);
+    let config = |d: &std::path::Path| {
+        std::fs::create_dir_all(d).unwrap();
+        let path = write_config(d, &brokers, "g-rebalance", TOPIC, "", &[]);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&format!(
+            "\n[[sinks]]\nname = \"siem\"\ntype = \"http\"\nurl = \"http://{addr}/\"\ntimeout = \"5s\"\ntemplate = '{COORDS_TEMPLATE}'\n[sinks.batch]\nmax_events = 50\nmax_age = \"50ms\"\n"
+        ));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (ca, cb) = (config(&dir.path().join("a")), config(&dir.path().join("b")));
+
+    let mut b = Daemon::start(&cb, &dir.path().join("b.log"));
+    wait_for("b to deliver", LONG, || {
+        receiver.accepted_lines().len() >= 100
+    });
+    let mut a = Daemon::start(&ca, &dir.path().join("a.log"));
+    wait_for("b's partitions to be revoked", LONG, || {
+        b.log_text().contains("partitions revoked")
+    });
+    let delivered_by_b = receiver.accepted_lines().len();
+    b.signal(libc::SIGKILL);
+    b.wait(LONG);
+    assert!(
+        delivered_by_b < ids.len() / 2,
+        "b still had most events in flight when it died ({delivered_by_b} delivered)"
+    );
+
+    wait_for("every event, from a or b", Duration::from_secs(120), || {
+        let got: BTreeSet<String> = parse_seen(&receiver.accepted_lines())
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        ids.iter().all(|id| got.contains(id))
+    });
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait(LONG), Some(0), "{}", a.log_text());
+    let seen = parse_seen(&receiver.accepted_lines());
+    let twice = assert_all_arrived(&ids, &seen);
+    eprintln!(
+        "b delivered {delivered_by_b} before it died; {twice} events arrived twice, none missing"
+    );
+}
