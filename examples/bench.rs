@@ -183,6 +183,7 @@ async fn run_one(kind: &str, payloads: Arc<Vec<Bytes>>, dir: &Path) -> Duration 
             exporter: Exporter::new(&dir.join("expired")),
         },
         probe_now: Arc::new(tokio::sync::Notify::new()),
+        spill: None,
     };
     drop(qqueue);
     let started = Instant::now();

@@ -25,6 +25,14 @@
 //!   the sink accepts, each batch removed after its receipt;
 //! - `healthy`: the park is empty; the intake delivers directly again.
 //!
+//! **Spilling.** A sink that is slow but not failing would hold the source's in-flight window
+//! (`pipeline.max_in_flight_events`) and, once it is full, every other sink would wait for it.
+//! So when the source has paused for that reason and this sink holds at least its share of
+//! the window in its queue, its next batches go to the park instead (the same path as a
+//! failure: durable, then finished), the window frees, and the others go on at full speed;
+//! the replayer delivers the park in order at the slow sink's own pace (`recovering`). With a
+//! single sink there is nobody to let through, so it never spills.
+//!
 //! **Limits.** When the park reaches `park.max_bytes`, `when_full = "block"` makes the intake
 //! wait for room (its queue fills, the source pauses its partitions, Kafka keeps the data, and
 //! since the group has one position per partition the other sinks wait too), and
@@ -83,6 +91,17 @@ pub struct Worker {
     pub limits: ParkLimits,
     /// Rung by the admin API to probe a broken sink at once.
     pub probe_now: Arc<Notify>,
+    /// When this sink spills to its park to let the others through; `None`: never.
+    pub spill: Option<Spill>,
+}
+
+/// The spilling rule (see the module header).
+#[derive(Clone)]
+pub struct Spill {
+    /// The pipeline's status: whether the source has paused.
+    pub status: Arc<crate::status::Status>,
+    /// The queue length from which this sink can count as the one holding the window.
+    pub backlog: usize,
 }
 
 /// The shared parts of a running worker: the intake and the replayer.
@@ -118,10 +137,16 @@ impl Worker {
         let replayer = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
             r.clone().replay().in_current_span(),
         ));
-        let (render, label) = (r.clone(), r.clone());
-        let records =
-            futures::stream::unfold(queue, |mut q| async move { q.recv().await.map(|e| (e, q)) })
-                .filter_map(move |event| futures::future::ready(render.render(event)));
+        let (render, label, seen) = (r.clone(), r.clone(), r.clone());
+        let records = futures::stream::unfold(queue, move |mut q| {
+            let seen = seen.clone();
+            async move {
+                let e = q.recv().await?;
+                seen.w.status.set_queued(q.len());
+                Some((e, q))
+            }
+        })
+        .filter_map(move |event| futures::future::ready(render.render(event)));
         batch::batches(records, r.w.batch, move |first: &Arc<Event>| {
             label.label(first)
         })
@@ -283,9 +308,33 @@ impl Running {
         }
     }
 
+    /// Whether this sink is the one holding the source back (see "Spilling"): the source has
+    /// paused, this sink's queue holds its share of the window, and some other sink's queue
+    /// is far shorter (while every sink is busy, as when catching up, nobody spills).
+    fn should_spill(&self) -> bool {
+        let Some(s) = &self.w.spill else {
+            return false;
+        };
+        let mine = self.w.status.queued();
+        let others = s
+            .status
+            .sinks
+            .iter()
+            .filter(|o| !Arc::ptr_eq(o, &self.w.status))
+            .map(|o| o.queued())
+            .min()
+            .unwrap_or(mine);
+        s.status.source.paused() && mine >= s.backlog as u64 && others.saturating_mul(4) <= mine
+    }
+
     /// Intake: deliver directly while the park is empty, park otherwise or on failure.
     async fn take(&self, batch: Batch) {
-        if self.w.park.entries() == 0 {
+        if self.w.park.entries() == 0 && self.should_spill() {
+            tracing::info!(sink = %self.name(), queued = self.w.status.queued(), "this sink is behind and holds the other sinks back: spilling its batches to the park, to be delivered in order at its own pace");
+            metrics::counter!("auditstream_spills_total", "sink" => self.name().to_string())
+                .increment(1);
+        }
+        if self.w.park.entries() == 0 && !self.should_spill() {
             match self.attempt(&batch).await {
                 Ok(receipt) => {
                     self.quarantine_refused(&batch, &receipt).await;

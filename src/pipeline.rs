@@ -187,6 +187,11 @@ impl Pipeline {
                 park,
                 limits: limits.clone(),
                 probe_now: probe_now[&sc.name].clone(),
+                // A sink that holds half the window, or its share of it, is holding the others.
+                spill: (config.sinks.len() > 1).then(|| crate::deliver::Spill {
+                    status: status.clone(),
+                    backlog: (config.pipeline.max_in_flight_events / config.sinks.len()).max(1),
+                }),
             };
             let span = tracing::info_span!("sink", sink = %sc.name);
             tasks.spawn(worker.run(events).instrument(span));

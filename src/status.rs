@@ -55,6 +55,8 @@ pub struct SinkStatus {
     delivered: AtomicU64,
     replayed: AtomicU64,
     quarantined: AtomicU64,
+    /// Events waiting in this sink's queue, as its worker last saw.
+    queued: AtomicU64,
     park: Arc<ParkCounts>,
 }
 
@@ -100,6 +102,7 @@ impl SinkStatus {
             delivered: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             park,
         }
     }
@@ -134,6 +137,14 @@ impl SinkStatus {
     /// Says why the sink holds the stream back, or (`None`) that it no longer does.
     pub fn set_holding(&self, why: Option<String>) {
         self.health().holding = why;
+    }
+
+    pub fn set_queued(&self, n: usize) {
+        self.queued.store(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
     }
 
     pub fn add_delivered(&self, n: u64) {

@@ -674,3 +674,58 @@ async fn a_record_the_endpoint_always_refuses_is_quarantined_and_the_rest_flows(
     assert!(q[0].reason.contains("413"), "{}", q[0].reason);
     assert!(q[0].value.as_deref().unwrap().contains("\"id\":\"huge\""));
 }
+
+/// A sink that is slow but never fails would fill the in-flight window and hold everyone
+/// back; instead it spills to its park, the other sink goes on at full speed, and the slow one
+/// gets everything later, in order, at its own pace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sink_spills_to_its_park_and_the_other_goes_on_at_full_speed() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::new();
+    // 50 events per request, 150 ms per request: at most about 330 events a second.
+    receiver.then(Answer::Slow(Duration::from_millis(150)));
+    let addr = receiver.serve().await;
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 2).unwrap();
+    let ids = produce_events(&kafka, TOPIC, 26, 3000);
+    let mut text = config_head(kafka.bootstrap_servers(), "g-slow-spill", TOPIC, dir.path());
+    text += "[pipeline]\nmax_in_flight_events = 400\n";
+    text += &http_sink_toml("siem", &format!("http://{addr}/"), "timeout = \"5s\"")
+        .replace("max_events = 100", "max_events = 50");
+    text += &format!(
+        "\n[[sinks]]\nname = \"archive\"\ntype = \"file\"\npath = \"{}\"\ntemplate = '{COORDS_TEMPLATE}'\n[sinks.batch]\nmax_events = 100\nmax_age = \"50ms\"\n",
+        dir.path().join("archive.jsonl").display()
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let running = start_pipeline(&path).await;
+    let siem = running.status.sink("siem").unwrap().clone();
+    let archive = running.status.sink("archive").unwrap().clone();
+    wait_until("the archive to have everything", LONG, || {
+        archive.delivered() >= ids.len() as u64
+    })
+    .await;
+    let siem_then = siem.delivered();
+    assert!(
+        siem_then < ids.len() as u64 / 2,
+        "the archive did not wait for the slow SIEM ({siem_then} at the SIEM by then)"
+    );
+    assert!(
+        siem.snapshot().parked_events > 0,
+        "the SIEM's backlog is parked"
+    );
+    wait_until("the SIEM to have everything", LONG, || {
+        siem.delivered() >= ids.len() as u64 && siem.snapshot().parked_events == 0
+    })
+    .await;
+    running.stop().await.unwrap();
+    let seen = parse_seen(&receiver.accepted_lines());
+    assert_eq!(assert_all_arrived(&ids, &seen), 0);
+    assert_first_arrivals_ordered(&seen);
+    let archived = read_seen(&dir.path().join("archive.jsonl"));
+    assert_eq!(assert_all_arrived(&ids, &archived), 0);
+    eprintln!(
+        "the archive had all {} events when the SIEM had {siem_then}",
+        ids.len()
+    );
+}

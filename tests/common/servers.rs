@@ -438,13 +438,16 @@ pub fn subject(mail: &str) -> String {
     s
 }
 
-/// A free port on 127.0.0.1 (bound, then released).
+/// A free port on 127.0.0.1 for a server the test starts later (bound, then released). It is
+/// picked below Linux's ephemeral range (32768 and up), so no `127.0.0.1:0` listener of a
+/// test running alongside can be handed the same port meanwhile.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = fastrand::u16(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Starts an SMTP server on 127.0.0.1:`port` (a real SMTP conversation, no TLS offered).
