@@ -467,7 +467,7 @@ pub fn parked_list(path: &Path) -> ExitCode {
                             s["parked_events"].as_u64().unwrap_or(0),
                             s["parked_bytes"].as_u64().unwrap_or(0),
                             s["oldest_parked_at"].as_str().unwrap_or("-"),
-                            "-",
+                            s["newest_parked_at"].as_str().unwrap_or("-"),
                             s["last_error"].as_str().unwrap_or(""),
                         )
                     );

@@ -54,6 +54,7 @@ impl Pipeline {
         let mut statuses = Vec::with_capacity(config.sinks.len());
         for sc in &config.sinks {
             let sink = sink::build(sc)
+                .instrument(tracing::info_span!("sink", sink = %sc.name))
                 .await
                 .with_context(|| format!("starting sink `{}`", sc.name))?;
             let park = store.sink_park(&sc.name)?;
@@ -260,8 +261,15 @@ impl Pipeline {
             server.stop().await;
         }
         control.stop_now();
-        if !source_thread.is_finished() {
-            let _ = source_thread.await;
+        // Closing the consumer leaves the group; against a broker that has gone it can take
+        // a minute. The stop stays bounded: past this, the process exits without waiting (the
+        // final commit is already done or given up, so nothing is skipped).
+        if !source_thread.is_finished()
+            && tokio::time::timeout(SOURCE_CLOSE_WAIT, &mut source_thread)
+                .await
+                .is_err()
+        {
+            tracing::warn!(wait = ?SOURCE_CLOSE_WAIT, "the Kafka consumer did not close in time; stopping without waiting for it");
         }
         store.flush().await?;
         match failure {
@@ -270,6 +278,9 @@ impl Pipeline {
         }
     }
 }
+
+/// How long a stop waits for the Kafka consumer to close after the final commit.
+const SOURCE_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Tells the source thread to stop when dropped.
 struct StopOnDrop(Arc<SourceControl>);

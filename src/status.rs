@@ -85,6 +85,10 @@ pub struct SinkSnapshot {
     pub oldest_parked_at: Option<String>,
     #[serde(skip)]
     pub oldest_parked_ms: Option<i64>,
+    /// When the newest parked batch was parked (RFC 3339), if any.
+    pub newest_parked_at: Option<String>,
+    /// Events waiting in this sink's queue (not yet batched).
+    pub queued_events: u64,
 }
 
 impl SinkStatus {
@@ -188,6 +192,11 @@ impl SinkStatus {
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             }),
             oldest_parked_ms: self.park.oldest_ms(),
+            newest_parked_at: self.park.newest_ms().and_then(|ms| {
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            }),
+            queued_events: self.queued(),
         }
     }
 }

@@ -212,15 +212,7 @@ fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
 
 async fn ready(State(s): State<AdminState>) -> Response {
     let assigned = s.status.source.assigned();
-    let writable = match s.store.tree("health") {
-        Ok(t) => t
-            .insert(
-                "ready",
-                chrono::Utc::now().timestamp_millis().to_be_bytes().to_vec(),
-            )
-            .is_ok(),
-        Err(_) => false,
-    } && s.store.flush().await.is_ok();
+    let writable = s.store.check_writable().await.is_ok();
     let body = json!({ "ready": assigned > 0 && writable, "assigned_partitions": assigned, "park_writable": writable });
     let code = if assigned > 0 && writable {
         StatusCode::OK

@@ -348,6 +348,8 @@ fn sample() -> Alert {
             parked_bytes: 5000,
             oldest_parked_at: None,
             oldest_parked_ms: Some(0),
+            newest_parked_at: None,
+            queued_events: 0,
         },
         at_ms: 0,
         broken_since_ms: Some(0),

@@ -324,6 +324,8 @@ mod tests {
             parked_bytes,
             oldest_parked_at: None,
             oldest_parked_ms: oldest,
+            newest_parked_at: None,
+            queued_events: 0,
         }
     }
 

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use super::message::Rendered;
 use super::SinkAlertState;
 use crate::config::{AlertsConfig, SmtpSettings, SmtpTls};
-use crate::park::codec::{self, key_to_u64};
+use crate::park::records::{Fifo, Table};
 use crate::park::{Store, StoreError};
 
 /// A message waiting to go out, and which channels already have it.
@@ -38,92 +38,50 @@ pub struct Pending {
 /// The outbox and the watcher's incident states, in the park store.
 #[derive(Clone)]
 pub struct Outbox {
-    store: Store,
-    outbox: sled::Tree,
-    states: sled::Tree,
+    outbox: Fifo<Pending>,
+    states: Table<SinkAlertState>,
     wake: Arc<Notify>,
 }
 
 impl Outbox {
     pub fn open(store: &Store) -> Result<Self, StoreError> {
         Ok(Self {
-            store: store.clone(),
-            outbox: store.tree("outbox")?,
-            states: store.tree("alerts")?,
+            outbox: store.fifo("outbox")?,
+            states: store.table("alerts")?,
             wake: Arc::new(Notify::new()),
         })
     }
 
-    fn err(&self, e: sled::Error) -> StoreError {
-        self.store.sled_error(e)
-    }
-
     /// Queues a message.
     pub fn push(&self, m: &Rendered) -> Result<(), StoreError> {
-        let p = Pending {
+        self.outbox.push(&Pending {
             message: m.clone(),
             email_sent: false,
             webhook_sent: false,
-        };
-        let key = self.store.next_id()?;
-        self.outbox
-            .insert(key, codec::encode(&serde_json::to_vec(&p)?))
-            .map_err(|e| self.err(e))?;
+        })?;
         self.wake.notify_one();
         Ok(())
     }
 
     /// The oldest message not yet sent everywhere.
     pub fn first(&self) -> Result<Option<(u64, Pending)>, StoreError> {
-        let Some((k, v)) = self.outbox.first().map_err(|e| self.err(e))? else {
-            return Ok(None);
-        };
-        let seq = key_to_u64(&k);
-        Ok(Some((
-            seq,
-            serde_json::from_slice(codec::decode(seq, &v)?)?,
-        )))
+        self.outbox.first()
     }
 
     fn update(&self, seq: u64, p: &Pending) -> Result<(), StoreError> {
-        self.outbox
-            .insert(seq.to_be_bytes(), codec::encode(&serde_json::to_vec(p)?))
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        self.outbox.update(seq, p)
     }
 
     fn remove(&self, seq: u64) -> Result<(), StoreError> {
-        self.outbox
-            .remove(seq.to_be_bytes())
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    /// Messages still waiting.
-    pub fn len(&self) -> usize {
-        self.outbox.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.outbox.is_empty()
+        self.outbox.remove(seq)
     }
 
     pub fn load_states(&self) -> Result<HashMap<String, SinkAlertState>, StoreError> {
-        self.states
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv.map_err(|e| self.err(e))?;
-                let name = String::from_utf8_lossy(&k).into_owned();
-                Ok((name, serde_json::from_slice(codec::decode(0, &v)?)?))
-            })
-            .collect()
+        self.states.all()
     }
 
     pub fn save_state(&self, sink: &str, st: &SinkAlertState) -> Result<(), StoreError> {
-        self.states
-            .insert(sink.as_bytes(), codec::encode(&serde_json::to_vec(st)?))
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        self.states.put(sink, st)
     }
 }
 

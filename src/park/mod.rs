@@ -12,8 +12,9 @@
 //! | `park:<sink>:data` | seq (u64 BE) | frame(records blob, see [`entry`]) |
 //! | `counters` | sink name | frame(JSON [`Counts`]): entries, events, bytes |
 //! | `quarantine` | seq (u64 BE) | frame(JSON [`quarantine::QuarantineEntry`]) |
-//! | `alerts` | sink name | frame(JSON alert incident state) |
-//! | `outbox` | seq (u64 BE) | frame(JSON alert message not yet sent everywhere) |
+//! | `alerts` | sink name | frame(JSON alert incident state), a [`records::Table`] |
+//! | `outbox` | seq (u64 BE) | frame(JSON alert message not yet sent everywhere), a [`records::Fifo`] |
+//! | `health` | `ready` | the time of the last `/ready` write check |
 //!
 //! Sequence numbers come from sled's `generate_id`, which only grows (also across restarts),
 //! so each sink's trees iterate oldest first: a FIFO per sink. Every value is framed by
@@ -51,6 +52,7 @@ pub mod entry;
 pub mod export;
 pub mod quarantine;
 mod queue;
+pub mod records;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -163,19 +165,8 @@ impl Store {
             .map_err(|e| self.sled_err(e))
     }
 
-    /// A tree for another module's state (alerts, outbox), framed like the rest.
-    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+    fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
         self.inner.db.open_tree(name).map_err(|e| self.sled_err(e))
-    }
-
-    /// A sequence number for keys, increasing across restarts.
-    pub fn next_id(&self) -> Result<[u8; 8], StoreError> {
-        self.next_key()
-    }
-
-    /// Wraps a sled error with the store's path.
-    pub fn sled_error(&self, source: sled::Error) -> StoreError {
-        self.sled_err(source)
     }
 
     /// Makes every write so far durable.

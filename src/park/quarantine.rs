@@ -176,7 +176,13 @@ pub async fn run_writer(store: Store, queue: QuarantineQueue, reports: Sender<Fi
                 }
             }
         }
-        metrics::counter!("auditstream_quarantined_events_total").increment(group.len() as u64);
+        for r in &group {
+            // Per sink for render failures; without a sink label for messages no sink got.
+            match &r.entry.sink {
+                Some(sink) => metrics::counter!("auditstream_quarantined_events_total", "sink" => sink.clone()).increment(1),
+                None => metrics::counter!("auditstream_quarantined_events_total").increment(1),
+            }
+        }
         for r in group.drain(..) {
             let report = Finished {
                 slot: r.slot,

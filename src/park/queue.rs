@@ -30,6 +30,8 @@ pub struct ParkCounts {
     bytes: AtomicU64,
     /// When the oldest entry was parked (ms since the epoch), 0 when empty.
     oldest_ms: AtomicI64,
+    /// When the newest entry was parked, 0 when empty.
+    newest_ms: AtomicI64,
 }
 
 impl ParkCounts {
@@ -47,6 +49,13 @@ impl ParkCounts {
         match self.oldest_ms.load(Ordering::Relaxed) {
             0 => None,
             ms => Some(ms),
+        }
+    }
+    /// When the newest parked entry was parked, if any.
+    pub fn newest_ms(&self) -> Option<i64> {
+        match (self.entries(), self.newest_ms.load(Ordering::Relaxed)) {
+            (0, _) | (_, 0) => None,
+            (_, ms) => Some(ms),
         }
     }
     fn set(&self, c: Counts) {
@@ -131,13 +140,14 @@ impl SinkPark {
     /// Returns the counts found.
     fn check_counters(&self) -> Result<Counts, StoreError> {
         let mut scanned = Counts::default();
-        let mut oldest = 0;
+        let (mut oldest, mut newest) = (0, 0);
         for kv in self.meta.iter() {
             let (k, v) = kv.map_err(|e| self.store.sled_err(e))?;
             let h = decode_header(key_to_u64(&k), &v)?;
             if scanned.entries == 0 {
                 oldest = h.parked_at_ms;
             }
+            newest = h.parked_at_ms;
             scanned.entries += 1;
             scanned.events += h.events;
             scanned.bytes += h.bytes;
@@ -157,6 +167,7 @@ impl SinkPark {
         let before = self.counts.get();
         self.counts.set(scanned);
         self.counts.oldest_ms.store(oldest, Ordering::Relaxed);
+        self.counts.newest_ms.store(newest, Ordering::Relaxed);
         self.store.inner.total_bytes.fetch_add(
             scanned.bytes.saturating_sub(before.bytes),
             Ordering::Relaxed,
@@ -208,6 +219,9 @@ impl SinkPark {
                 .oldest_ms
                 .store(header.parked_at_ms, Ordering::Relaxed);
         }
+        self.counts
+            .newest_ms
+            .store(header.parked_at_ms, Ordering::Relaxed);
         self.counts.set(updated);
         self.store
             .inner
