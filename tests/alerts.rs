@@ -278,3 +278,65 @@ async fn a_mail_server_that_is_down_delays_the_alert_but_not_the_deliveries() {
     assert!(m.contains("scripted 403"), "{m}");
     running.stop().await.unwrap();
 }
+
+/// A webhook gets each message as JSON at once, even while the mail server is down; the
+/// e-mail waits in the park store's outbox, survives a restart of the daemon, and goes out
+/// once the mail server is up: one incident, one "broken" mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_survive_a_restart_and_the_webhook_does_not_wait_for_email() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp_port = free_port(); // nothing listens here yet
+    let hook = Receiver::new();
+    let hook_addr = hook.serve().await;
+    let receiver = Receiver::new();
+    receiver.then(Answer::Status(401));
+    let addr = receiver.serve().await;
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 1).unwrap();
+    produce_events(&kafka, TOPIC, 64, 50);
+    let mut text = head(
+        kafka.bootstrap_servers(),
+        "g-restart",
+        dir.path(),
+        &format!(
+            "smtp_url = \"smtp://127.0.0.1:{smtp_port}\"\nwebhook_url = \"http://{hook_addr}/hooks/secret-path\""
+        ),
+    );
+    text += &sink("siem", "http", &format!("url = \"http://{addr}/\""));
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+
+    let running = start_pipeline(&path).await;
+    wait_until("the webhook message", LONG, || {
+        hook.requests().iter().any(|r| r.status == 200)
+    })
+    .await;
+    let body: serde_json::Value =
+        serde_json::from_slice(&hook.requests()[0].body).expect("the webhook gets JSON");
+    let text = body["text"].as_str().expect("a `text` field");
+    assert!(text.starts_with("[auditstream] siem: broken"), "{text}");
+    assert!(text.contains("HTTP 401"), "{text}");
+    running.stop().await.unwrap();
+
+    // Restarted with the mail server up: the e-mail queued before the restart goes out.
+    let mail = start_smtp(smtp_port);
+    let running = start_pipeline(&path).await;
+    wait_until("the queued e-mail", Duration::from_secs(90), || {
+        !mail.with_subject("siem: broken").is_empty()
+    })
+    .await;
+    running.stop().await.unwrap();
+    assert_eq!(
+        mail.with_subject("siem: broken").len(),
+        1,
+        "one incident, one mail"
+    );
+    assert_eq!(
+        hook.requests()
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains("siem: broken"))
+            .count(),
+        1,
+        "the webhook already had it: not sent twice"
+    );
+}

@@ -627,3 +627,41 @@ pub struct FileSinkConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutSinkConfig {}
+
+#[cfg(test)]
+mod smtp_url_tests {
+    use super::*;
+
+    #[test]
+    fn smtp_urls_say_how_to_use_tls_and_carry_credentials() {
+        let s = SmtpSettings::parse("smtp://relay.example.com").unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port, s.tls),
+            ("relay.example.com", 25, SmtpTls::Opportunistic)
+        );
+        assert!(s.user.is_none() && s.password.is_none());
+
+        let s =
+            SmtpSettings::parse("smtp://alerts%40corp:p%40ss%3Aw0rd@mail.corp:2525?tls=required")
+                .unwrap();
+        assert_eq!((s.port, s.tls), (2525, SmtpTls::Required));
+        assert_eq!(s.user.as_deref(), Some("alerts@corp"));
+        assert_eq!(s.password.unwrap().expose(), "p@ss:w0rd");
+
+        let s = SmtpSettings::parse("smtp://127.0.0.1?tls=required").unwrap();
+        assert_eq!(s.port, 587, "submission port when STARTTLS is required");
+        let s = SmtpSettings::parse("smtps://mail.corp").unwrap();
+        assert_eq!((s.port, s.tls), (465, SmtpTls::Implicit));
+        let s = SmtpSettings::parse("smtp://localhost?tls=none").unwrap();
+        assert_eq!(s.tls, SmtpTls::None);
+
+        for bad in [
+            "http://mail.corp",
+            "smtps://mail.corp?tls=none",
+            "smtp://",
+            "mail.corp",
+        ] {
+            assert!(SmtpSettings::parse(bad).is_err(), "{bad} is refused");
+        }
+    }
+}
