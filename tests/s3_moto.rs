@@ -271,3 +271,33 @@ max_interval = "500ms"
     }
     assert_eq!(assert_all_arrived(&ids, &seen), 0);
 }
+
+#[tokio::test]
+#[ignore = "needs moto_server in MOTO_S3_ENDPOINT; .ci/run starts one and runs it"]
+async fn kms_encryption_is_asked_for_with_the_configured_key() {
+    let endpoint = endpoint();
+    let bucket = format!("kms-{}", std::process::id());
+    let admin = client(&endpoint, RequestChecksumCalculation::WhenSupported);
+    admin.create_bucket().bucket(&bucket).send().await.unwrap();
+    let key_id = "arn:aws:kms:us-east-1:123456789012:key/0a1b2c3d-auditstream";
+    let s = sink(
+        &endpoint,
+        &bucket,
+        &format!("server_side_encryption=\"aws:kms\"\nkms_key_id=\"{key_id}\""),
+    )
+    .await;
+    let b = batch();
+    s.deliver(&b).await.unwrap();
+    let head = admin
+        .head_object()
+        .bucket(&bucket)
+        .key(s.object_key(&b))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.server_side_encryption(),
+        Some(&ServerSideEncryption::AwsKms)
+    );
+    assert_eq!(head.ssekms_key_id(), Some(key_id));
+}

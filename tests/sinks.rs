@@ -729,3 +729,38 @@ async fn a_slow_sink_spills_to_its_park_and_the_other_goes_on_at_full_speed() {
         ids.len()
     );
 }
+
+/// A destination that is down at start-up is a clear state and error, not a crash: the daemon
+/// runs, and what it cannot deliver is parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_down_at_start_up_is_retrying_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 1).unwrap();
+    let closed = common::servers::free_port(); // nothing listens there
+    let mut text = config_head(kafka.bootstrap_servers(), "g-down", TOPIC, dir.path());
+    text += &s3_sink_toml(
+        "archive",
+        &format!("http://127.0.0.1:{closed}"),
+        "archive",
+        "",
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let running = start_pipeline(&path).await;
+    let archive = running.status.sink("archive").unwrap().clone();
+    wait_until("the start-up check to fail", LONG, || {
+        archive.state() == SinkState::Retrying
+    })
+    .await;
+    let error = archive.snapshot().last_error.unwrap();
+    assert!(error.contains("cannot reach S3"), "{error}");
+    let ids = produce_events(&kafka, TOPIC, 27, 20);
+    let status = running.status.clone();
+    wait_until("the events parked and committed", LONG, || {
+        status.source.committable() >= ids.len() as u64
+    })
+    .await;
+    assert_eq!(archive.snapshot().parked_events, ids.len() as u64);
+    running.stop().await.unwrap();
+}
