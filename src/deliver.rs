@@ -201,7 +201,19 @@ impl Running {
         &self,
         event: Arc<Event>,
     ) -> Option<(crate::event::TopicPartition, Record, Arc<Event>)> {
-        match self.w.templates.render(self.w.index, &event) {
+        let rendered = self
+            .w
+            .templates
+            .render(self.w.index, &event)
+            .map_err(|e| e.to_string())
+            .and_then(|body| {
+                if self.w.sink.one_record_per_line() && body.contains(['\n', '\r']) {
+                    Err("the rendered record contains a line break, and this sink writes one record per line (use the `json` helper for values that may hold line breaks)".to_string())
+                } else {
+                    Ok(body)
+                }
+            });
+        match rendered {
             Ok(body) => Some((
                 event.coords.topic_partition(),
                 Record {
@@ -218,8 +230,7 @@ impl Running {
                     headers: vec![],
                     payload: Some(event.raw.clone()),
                 };
-                let entry =
-                    QuarantineEntry::new(&msg, Some(self.name()), "render_failed", e.to_string());
+                let entry = QuarantineEntry::new(&msg, Some(self.name()), "render_failed", e);
                 self.w.status.add_quarantined(1);
                 self.w.quarantine.submit(self.w.slot, entry);
                 None

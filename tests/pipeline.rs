@@ -273,3 +273,52 @@ async fn several_topics_and_offsets_of_filtered_out_events_are_committed_while_r
     );
     assert!(text.contains("not_json") && text.contains(TOPIC), "{text}");
 }
+
+/// A file sink writes one record per line: a record whose template let a line break through
+/// would read as two records, so it is quarantined for that sink (the others get it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_with_a_line_break_is_quarantined_for_a_line_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 1).unwrap();
+    let ids = produce_events(&kafka, TOPIC, 42, 20);
+    let two_lines = r#"{"id":"two-lines","action":"user.login\nuser.logout"}"#;
+    kafka
+        .send(TOPIC, Some(0), None, Some(two_lines.as_bytes()))
+        .unwrap();
+    kafka.flush().unwrap();
+    let path = write_config(
+        dir.path(),
+        kafka.bootstrap_servers(),
+        "g-lines",
+        TOPIC,
+        "",
+        &[("all", "")],
+    );
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        "\n[[sinks]]\nname = \"plain\"\ntype = \"file\"\npath = \"{}\"\ntemplate = '{{{{id}}}} {{{{action}}}}'\n",
+        dir.path().join("plain.log").display()
+    ));
+    std::fs::write(&path, text).unwrap();
+    let running = start_pipeline(&path).await;
+    let status = running.status.clone();
+    wait_until("everything finished", Duration::from_secs(60), || {
+        status.source.committable() > ids.len() as u64
+    })
+    .await;
+    running.stop().await.unwrap();
+    let plain = std::fs::read_to_string(dir.path().join("plain.log")).unwrap();
+    assert_eq!(plain.lines().count(), ids.len(), "{plain}");
+    assert!(!plain.contains("two-lines"));
+    let all = read_seen(&dir.path().join("all.jsonl"));
+    assert!(
+        all.iter().any(|s| s.id == "two-lines"),
+        "the JSON sink has it"
+    );
+    let store = Store::open(&dir.path().join("park")).unwrap();
+    let q: Vec<_> = store.quarantine_entries().map(|e| e.unwrap().1).collect();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].sink.as_deref(), Some("plain"));
+    assert!(q[0].reason.contains("line break"), "{}", q[0].reason);
+}

@@ -56,11 +56,17 @@ impl FileState {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
+        let created = !self.path.exists();
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(&self.path)?;
+        if created {
+            // A new file's name is durable only once its directory is synced.
+            file.sync_all()?;
+            sync_dir(&self.path)?;
+        }
         self.size = cut_torn_tail(&mut file)?;
         self.file = Some(file);
         Ok(())
@@ -102,11 +108,18 @@ impl FileState {
         let mut rotated = self.path.clone().into_os_string();
         rotated.push(format!(".{next:06}"));
         std::fs::rename(&self.path, PathBuf::from(rotated))?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)?.sync_all()?;
-        }
+        sync_dir(&self.path)?;
         self.reopen()
     }
+}
+
+/// Syncs the directory holding `path`, so a created or renamed entry survives a crash.
+fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d,
+        None => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
 }
 
 /// Truncates the file after its last newline; returns the new length.

@@ -340,6 +340,10 @@ impl Sink for HttpSink {
     fn describe(&self) -> String {
         format!("{} {}", self.method, redacted(&self.url))
     }
+
+    fn one_record_per_line(&self) -> bool {
+        self.encoding == HttpEncoding::Ndjson
+    }
 }
 
 #[cfg(test)]

@@ -148,6 +148,13 @@ pub trait Sink: Send + Sync {
 
     /// The destination with secrets removed, for logs, the status page and alerts.
     fn describe(&self) -> String;
+
+    /// Whether records are sent one per line (files, stdout, S3 objects, NDJSON requests): a
+    /// rendered record with a line break in it would then read as several, so the worker
+    /// quarantines it for this sink instead.
+    fn one_record_per_line(&self) -> bool {
+        true
+    }
 }
 
 /// Builds the sink a configuration entry describes.
