@@ -322,6 +322,56 @@ async fn s3_large_batches_go_up_in_parts() {
     assert_eq!(objs[0].0, sink.object_key(&b));
 }
 
+#[tokio::test]
+async fn a_failed_multipart_upload_is_aborted_leaving_no_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("big")).unwrap();
+    let (endpoint, requests) = common::servers::start_s3_failing_part(dir.path(), 2).await;
+    let c = s3_config(&format!(
+        "bucket=\"big\"\nendpoint=\"{endpoint}\"\nforce_path_style=true\naccess_key_id=\"{S3_KEY}\"\nsecret_access_key=\"{S3_SECRET}\"\ncompression=\"none\"\nmultipart_threshold=\"6MiB\"\nmultipart_part_size=\"5MiB\""
+    ));
+    let sink = S3Sink::new(&c).await.unwrap();
+    let bodies: Vec<String> = (0..12_000)
+        .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(1000)))
+        .collect();
+    let e = sink.deliver(&batch(2, 5000, bodies)).await.unwrap_err();
+    assert!(
+        !e.is_permanent() && e.detail.contains("InternalError"),
+        "{e}"
+    );
+    let requests = requests.lock().unwrap().clone();
+    let upload_id = requests
+        .iter()
+        .find_map(|(_, q)| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("uploadId="))
+                .map(str::to_string)
+        })
+        .expect("a multipart upload was started");
+    assert!(
+        requests
+            .iter()
+            .any(|(m, q)| m == "DELETE" && q.contains(&format!("uploadId={upload_id}"))),
+        "the upload was aborted: {requests:?}"
+    );
+    let parts = s3_client(&endpoint)
+        .list_parts()
+        .bucket("big")
+        .key(sink.object_key(&batch(2, 5000, vec!["x".into()])))
+        .upload_id(&upload_id)
+        .send()
+        .await
+        .unwrap();
+    assert!(parts.parts().is_empty(), "no parts are left behind");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(&upload_id))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(objects(&s3_client(&endpoint), "big", "").await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_retries_transient_failures_and_every_event_arrives_in_order() {
     let dir = tempfile::tempdir().unwrap();

@@ -46,6 +46,60 @@ pub async fn start_s3(root: &Path) -> String {
     format!("http://{addr}")
 }
 
+/// An S3 server like [`start_s3`] that answers `500 InternalError` to every upload of part
+/// `fail_part` of a multipart upload; returns its address and every request's method and query.
+pub async fn start_s3_failing_part(
+    root: &Path,
+    fail_part: u32,
+) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+    let fs = s3s_fs::FileSystem::new(root).unwrap();
+    let mut b = s3s::service::S3ServiceBuilder::new(fs);
+    b.set_auth(s3s::auth::SimpleAuth::from_single(S3_KEY, S3_SECRET));
+    let service = b.build();
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let (service, log) = (service.clone(), log.clone());
+            let handler = hyper::service::service_fn(
+                move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (service, log) = (service.clone(), log.clone());
+                    async move {
+                        let query = req.uri().query().unwrap_or("").to_string();
+                        log.lock()
+                            .unwrap()
+                            .push((req.method().to_string(), query.clone()));
+                        if query.contains(&format!("partNumber={fail_part}&"))
+                            || query.ends_with(&format!("partNumber={fail_part}"))
+                        {
+                            let xml = "<?xml version=\"1.0\"?><Error><Code>InternalError</Code><Message>scripted failure of one part</Message></Error>";
+                            return Ok(hyper::Response::builder()
+                                .status(500)
+                                .body(s3s::Body::from(xml.to_string()))
+                                .unwrap());
+                        }
+                        hyper::service::Service::call(&service, req).await
+                    }
+                },
+            );
+            tokio::spawn(async move {
+                let conn = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let _ = conn
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), handler)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
 /// An S3 client for checking what the sink wrote.
 pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::config::Builder::new()
