@@ -145,7 +145,7 @@ pub async fn run(opts: DemoOptions, shutdown: Shutdown) -> anyhow::Result<()> {
         kafka.brokers()
     );
     eprintln!(
-        "demo: the `hec` endpoint is down for the first {}s: watch its batches park and replay",
+        "demo: the `hec` endpoint is down for {}s from the first event it is sent: watch its batches park and replay",
         opts.outage.as_secs()
     );
 

@@ -168,9 +168,10 @@ fn init_logging(format: LogFormat, default_level: &str) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // The demo prints its own progress and summary; its logs show only what needs attention.
+    // The demo prints its own progress and summary (the quarantine and the outage included);
+    // its logs show only errors.
     let default_level = match args.command {
-        Command::Demo { .. } => "warn",
+        Command::Demo { .. } => "error",
         _ => "info",
     };
     init_logging(args.log_format, default_level);
