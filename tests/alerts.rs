@@ -176,59 +176,138 @@ fn outbox(dir: &std::path::Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// An S3 permission error and a TLS failure, over a real SMTP conversation: each sink's
+/// "broken" mail names the class of problem and what to check, reminders follow, and once the
+/// configuration is fixed and the daemon restarted (the incidents live in the park store)
+/// each gets its "recovered" mail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_permissions_and_tls_failures_explain_themselves_in_the_outbox() {
+async fn s3_permissions_and_tls_failures_explain_themselves_and_recover() {
     let dir = tempfile::tempdir().unwrap();
+    let smtp_port = free_port();
+    let mail = start_smtp(smtp_port);
     let root = dir.path().join("s3");
     std::fs::create_dir_all(root.join("archive")).unwrap();
     let endpoint = start_s3(&root).await;
     let pki = Pki::new();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
     let tls = Receiver::new();
     let tls_addr = tls.serve_tls(pki.server_config(false)).await;
     let kafka = EmbeddedKafka::start(1).unwrap();
     kafka.create_topic(TOPIC, 1).unwrap();
-    produce_events(&kafka, TOPIC, 62, 50);
-    // No smtp_url: the messages go to the outbox as .eml files.
-    let mut text = head(kafka.bootstrap_servers(), "g-outbox", dir.path(), "");
-    text += &sink(
-        "lake",
-        "s3",
-        &format!("bucket = \"archive\"\nendpoint = \"{endpoint}\"\nforce_path_style = true\nregion = \"us-east-1\"\naccess_key_id = \"{S3_KEY}\"\nsecret_access_key = \"not-the-secret\""),
-    );
-    text += &sink(
-        "soc",
-        "http",
-        &format!("url = \"https://127.0.0.1:{}/\"", tls_addr.port()),
-    );
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, text).unwrap();
+    let ids = produce_events(&kafka, TOPIC, 62, 50);
+    let config = |secret: &str, soc_extra: &str| {
+        let mut text = head(
+            kafka.bootstrap_servers(),
+            "g-classes",
+            dir.path(),
+            &format!("smtp_url = \"smtp://127.0.0.1:{smtp_port}\""),
+        );
+        text += &sink(
+            "lake",
+            "s3",
+            &format!("bucket = \"archive\"\nendpoint = \"{endpoint}\"\nforce_path_style = true\nregion = \"us-east-1\"\naccess_key_id = \"{S3_KEY}\"\nsecret_access_key = \"{secret}\""),
+        );
+        text += &sink(
+            "soc",
+            "http",
+            &format!(
+                "url = \"https://127.0.0.1:{}/\"\n{soc_extra}",
+                tls_addr.port()
+            ),
+        );
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+
+    let path = config("not-the-secret", "");
     let running = start_pipeline(&path).await;
-    let out = dir.path().join("outbox");
-    wait_until("two broken alerts in the outbox", LONG, || {
-        outbox(&out).len() >= 2
+    wait_until("broken mails and a reminder for both", LONG, || {
+        [
+            "lake: broken",
+            "soc: broken",
+            "lake: still broken",
+            "soc: still broken",
+        ]
+        .iter()
+        .all(|s| !mail.with_subject(s).is_empty())
     })
     .await;
     running.stop().await.unwrap();
 
-    let mails = outbox(&out);
-    let lake = mails
-        .iter()
-        .find(|(s, _)| s.contains("lake: broken"))
-        .expect("lake alert");
-    assert!(lake.0.contains("credentials or permissions"), "{}", lake.0);
-    assert!(lake.1.contains("s3:PutObject"), "{}", lake.1);
+    let lake = mail.with_subject("lake: broken").remove(0);
     assert!(
-        lake.1.contains(&format!("s3://archive/ at {endpoint}")),
+        subject(&lake).contains("credentials or permissions"),
         "{}",
-        lake.1
+        subject(&lake)
     );
-    let soc = mails
-        .iter()
-        .find(|(s, _)| s.contains("soc: broken"))
-        .expect("soc alert");
-    assert!(soc.0.contains("TLS failure"), "{}", soc.0);
-    assert!(soc.1.contains("ca_file"), "{}", soc.1);
-    assert!(soc.1.to_lowercase().contains("certificate"), "{}", soc.1);
+    assert!(lake.contains("s3:PutObject"), "{lake}");
+    assert!(
+        lake.contains(&format!("s3://archive/ at {endpoint}")),
+        "{lake}"
+    );
+    assert!(!lake.contains("not-the-secret"), "no secret in a mail");
+    let soc = mail.with_subject("soc: broken").remove(0);
+    assert!(subject(&soc).contains("TLS failure"), "{}", subject(&soc));
+    assert!(soc.contains("ca_file"), "{soc}");
+    assert!(soc.to_lowercase().contains("certificate"), "{soc}");
+
+    // Fixed: the right secret, and the private CA trusted. Restarted, both recover.
+    let path = config(S3_SECRET, &format!("ca_file = \"{}\"", ca.display()));
+    let running = start_pipeline(&path).await;
+    wait_until("recovered mails for both", LONG, || {
+        !mail.with_subject("lake: recovered").is_empty()
+            && !mail.with_subject("soc: recovered").is_empty()
+    })
+    .await;
+    running.stop().await.unwrap();
+    for s in ["lake", "soc"] {
+        let m = mail.with_subject(&format!("{s}: recovered")).remove(0);
+        assert!(
+            subject(&m).contains(&format!("{} events replayed", ids.len())),
+            "{}",
+            subject(&m)
+        );
+        assert_eq!(
+            mail.with_subject(&format!("{s}: broken")).len(),
+            1,
+            "one incident"
+        );
+    }
+    let seen = parse_seen(&tls.accepted_lines());
+    assert_eq!(assert_all_arrived(&ids, &seen), 0);
+}
+
+/// Without `smtp_url`, each message is an `.eml` file in `outbox_dir`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_smtp_the_messages_are_eml_files_in_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::new();
+    receiver.then(Answer::Status(401));
+    let addr = receiver.serve().await;
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 1).unwrap();
+    produce_events(&kafka, TOPIC, 65, 20);
+    let mut text = head(kafka.bootstrap_servers(), "g-outbox", dir.path(), "");
+    text += &sink("siem", "http", &format!("url = \"http://{addr}/\""));
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let running = start_pipeline(&path).await;
+    let out = dir.path().join("outbox");
+    wait_until("a broken alert in the outbox", LONG, || {
+        !outbox(&out).is_empty()
+    })
+    .await;
+    running.stop().await.unwrap();
+    let mails = outbox(&out);
+    let (subject, text) = &mails[0];
+    assert!(
+        subject.starts_with("[auditstream] siem: broken"),
+        "{subject}"
+    );
+    assert!(text.contains("HTTP 401"), "{text}");
+    assert!(text.contains("To: oncall@test.example"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
