@@ -184,6 +184,7 @@ async fn run_one(kind: &str, payloads: Arc<Vec<Bytes>>, dir: &Path) -> Duration 
         },
         probe_now: Arc::new(tokio::sync::Notify::new()),
         spill: None,
+        redactor: None,
     };
     drop(qqueue);
     let started = Instant::now();

@@ -31,8 +31,18 @@ pub fn load(path: &Path) -> Result<(Config, Templates), ConfigErrors> {
             message: format!("cannot read the configuration file: {e}"),
         }],
     })?;
-    let config = parse_str(&text, &origin, &|name| std::env::var(name).ok())?;
-    let locator = Locator::new(&text);
+    compile(&text, &origin, &|name| std::env::var(name).ok())
+}
+
+/// Parses a configuration's text and compiles its templates.
+fn compile(
+    text: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Config, Templates), ConfigErrors> {
+    let origin = origin.to_string();
+    let config = parse_str(text, &origin, env)?;
+    let locator = Locator::new(text);
     let sample = match &config.pipeline.sample_event {
         Some(p) => sample::from_file(p).map_err(|e| ConfigErrors {
             origin: origin.clone(),
@@ -107,6 +117,16 @@ pub fn render(path: &Path, sink: &str, event: Option<&str>) -> ExitCode {
         );
         return ExitCode::from(USAGE);
     };
+    render_with(&config, &templates, index, event)
+}
+
+/// Prints what the sink at `index` would send for `event`.
+fn render_with(
+    config: &Config,
+    templates: &Templates,
+    index: usize,
+    event: Option<&str>,
+) -> ExitCode {
     let payload = match read_event(event) {
         Ok(p) => p,
         Err(e) => {
@@ -138,10 +158,14 @@ pub fn render(path: &Path, sink: &str, event: Option<&str>) -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    let body = match templates.render(index, &event) {
+    let redactor = crate::redact::Redactor::new(&config.sinks[index].privacy);
+    let body = match crate::redact::render(templates, index, redactor.as_ref(), &event) {
         Ok(body) => body,
         Err(e) => {
-            eprintln!("sink `{sink}` cannot render this event (it would be quarantined): {e}");
+            eprintln!(
+                "sink `{}` cannot render this event (it would be quarantined): {e}",
+                config.sinks[index].name
+            );
             return ExitCode::from(USAGE);
         }
     };
@@ -171,6 +195,46 @@ pub fn render(path: &Path, sink: &str, event: Option<&str>) -> ExitCode {
     match out.write_all(&bytes).and_then(|_| out.flush()) {
         Ok(()) => ExitCode::from(OK),
         Err(_) => ExitCode::from(FAILURE),
+    }
+}
+
+/// `render --format NAME`: a built-in format on an event, or (`--print-template`) its template.
+pub fn render_format(name: &str, print_template: bool, event: Option<&str>) -> ExitCode {
+    use crate::template::formats::{self, Format};
+    let Some(format) = formats::lookup(name) else {
+        eprintln!(
+            "no built-in format `{name}`; they are: {}",
+            formats::names().join(", ")
+        );
+        return ExitCode::from(USAGE);
+    };
+    if print_template {
+        let text = match format {
+            Format::Passthrough => {
+                eprintln!("`{name}` is the event exactly as it came; it has no template");
+                return ExitCode::from(USAGE);
+            }
+            Format::Template(t) => match t.expand(&Default::default()) {
+                Ok(text) => text,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(FAILURE);
+                }
+            },
+        };
+        println!("{text}");
+        return ExitCode::from(OK);
+    }
+    // The format as the one sink of a minimal configuration.
+    let text = format!(
+        "[kafka]\nbrokers = \"-\"\ntopics = [\"audit-events\"]\n[[sinks]]\nname = \"{name}\"\ntype = \"stdout\"\nformat = \"{name}\"\n"
+    );
+    match compile(&text, "--format", &|_| None) {
+        Ok((config, templates)) => render_with(&config, &templates, 0, event),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(FAILURE)
+        }
     }
 }
 

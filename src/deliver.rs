@@ -93,6 +93,8 @@ pub struct Worker {
     pub probe_now: Arc<Notify>,
     /// When this sink spills to its park to let the others through; `None`: never.
     pub spill: Option<Spill>,
+    /// What this sink hides of each event (`redact`, `pseudonymise`).
+    pub redactor: Option<crate::redact::Redactor>,
 }
 
 /// The spilling rule (see the module header).
@@ -201,11 +203,13 @@ impl Running {
         &self,
         event: Arc<Event>,
     ) -> Option<(crate::event::TopicPartition, Record, Arc<Event>)> {
-        let rendered = self
-            .w
-            .templates
-            .render(self.w.index, &event)
-            .map_err(|e| e.to_string())
+        let rendered = crate::redact::render(
+            &self.w.templates,
+            self.w.index,
+            self.w.redactor.as_ref(),
+            &event,
+        )
+        .map_err(|e| e.to_string())
             .and_then(|body| {
                 if self.w.sink.one_record_per_line() && body.contains(['\n', '\r']) {
                     Err("the rendered record contains a line break, and this sink writes one record per line (use the `json` helper for values that may hold line breaks)".to_string())

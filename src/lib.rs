@@ -12,6 +12,7 @@
 //! - [`source`]: the Kafka consumer thread: polls, pauses, registers offsets, commits.
 //! - [`decode`]: message bytes -> [`event::Event`], or a reason for the quarantine.
 //! - [`fanout`]: routes each event to the sinks whose filter matches.
+//! - [`redact`]: per sink, fields removed or pseudonymised before rendering.
 //! - [`template`]: handlebars templates, helpers and built-in formats.
 //! - [`batch`]: groups one sink's records per partition by count, size and age.
 //! - [`deliver`]: one worker per sink: render, batch, deliver with retries, report finished.
@@ -36,6 +37,7 @@ pub mod generate;
 pub mod offsets;
 pub mod park;
 pub mod pipeline;
+pub mod redact;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

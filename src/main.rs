@@ -46,8 +46,14 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// The sink's name.
+        #[arg(long, required_unless_present = "format", conflicts_with = "format")]
+        sink: Option<String>,
+        /// A built-in format instead of a configured sink (no configuration needed).
         #[arg(long)]
-        sink: String,
+        format: Option<String>,
+        /// With --format: print the format's template (to copy into a template_file).
+        #[arg(long, requires = "format")]
+        print_template: bool,
         /// A file holding the event, or `-` for stdin (default: a built-in sample event).
         #[arg(long)]
         event: Option<String>,
@@ -188,8 +194,14 @@ fn main() -> ExitCode {
         Command::Render {
             config,
             sink,
+            format,
+            print_template,
             event,
-        } => cli::render(&config, &sink, event.as_deref()),
+        } => match (sink, format) {
+            (Some(sink), _) => cli::render(&config, &sink, event.as_deref()),
+            (None, Some(format)) => cli::render_format(&format, print_template, event.as_deref()),
+            (None, None) => ExitCode::from(cli::USAGE),
+        },
         Command::Parked { action } => match action {
             ParkedAction::List { config } => cli::parked_list(&config),
             ParkedAction::Show {

@@ -189,6 +189,7 @@ impl Pipeline {
                 limits: limits.clone(),
                 probe_now: probe_now[&sc.name].clone(),
                 // A sink that holds half the window, or its share of it, is holding the others.
+                redactor: crate::redact::Redactor::new(&sc.privacy),
                 spill: (config.sinks.len() > 1).then(|| crate::deliver::Spill {
                     status: status.clone(),
                     backlog: (config.pipeline.max_in_flight_events / config.sinks.len()).max(1),

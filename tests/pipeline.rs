@@ -322,3 +322,89 @@ async fn a_record_with_a_line_break_is_quarantined_for_a_line_sink() {
     assert_eq!(q[0].sink.as_deref(), Some("plain"));
     assert!(q[0].reason.contains("line break"), "{}", q[0].reason);
 }
+
+/// A sink that must not see personal data gets the events without the redacted fields and
+/// with pseudonyms (the same person, the same token); another sink of the same stream sees
+/// everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redaction_and_pseudonyms_apply_to_one_sink_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 1).unwrap();
+    let ids = produce_events(&kafka, TOPIC, 43, 200);
+    let path = write_config(
+        dir.path(),
+        kafka.bootstrap_servers(),
+        "g-redact",
+        TOPIC,
+        "",
+        &[],
+    );
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    for (name, extra) in [
+        ("full", ""),
+        (
+            "private",
+            "redact = [\"metadata.ip\", \"changes.*.old\"]\npseudonymise = [\"actor.id\"]\npseudonymise_key = \"${AUDITSTREAM_TEST_PSEUDONYM_KEY:-a test key, 16+ chars}\"",
+        ),
+    ] {
+        text.push_str(&format!(
+            "\n[[sinks]]\nname = \"{name}\"\ntype = \"file\"\npath = \"{}\"\nformat = \"ndjson\"\n{extra}\n",
+            dir.path().join(format!("{name}.jsonl")).display()
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    let running = start_pipeline(&path).await;
+    let status = running.status.clone();
+    wait_until(
+        "both sinks have everything",
+        Duration::from_secs(60),
+        || {
+            ["full", "private"]
+                .iter()
+                .all(|s| status.sink(s).unwrap().delivered() >= ids.len() as u64)
+        },
+    )
+    .await;
+    running.stop().await.unwrap();
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.path().join(format!("{name}.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (full, private) = (read("full"), read("private"));
+    assert_eq!(full.len(), ids.len());
+    assert_eq!(private.len(), ids.len());
+    let mut tokens = std::collections::HashMap::new();
+    let mut with_changes = 0;
+    for (f, p) in full.iter().zip(&private) {
+        assert_eq!(f["id"], p["id"], "same order");
+        assert!(p["metadata"].get("ip").is_none(), "{p}");
+        assert_eq!(f["metadata"]["request_id"], p["metadata"]["request_id"]);
+        if let Some(changes) = p["changes"].as_object() {
+            with_changes += 1;
+            assert!(changes
+                .values()
+                .all(|c| c.get("old").is_none() && c.get("new").is_some()));
+        }
+        let (person, token) = (
+            f["actor"]["id"].as_str().unwrap(),
+            p["actor"]["id"].as_str().unwrap(),
+        );
+        assert_ne!(person, token);
+        assert_eq!(token.len(), 32);
+        let seen = tokens
+            .entry(person.to_string())
+            .or_insert(token.to_string());
+        assert_eq!(seen, token, "one person, one token");
+    }
+    assert!(with_changes > 0 && tokens.len() > 1);
+    let distinct: std::collections::HashSet<&String> = tokens.values().collect();
+    assert_eq!(
+        distinct.len(),
+        tokens.len(),
+        "different people, different tokens"
+    );
+}

@@ -364,6 +364,13 @@ impl Loader {
             template: Option<String>,
             template_file: Option<PathBuf>,
             #[serde(default)]
+            format_options: BTreeMap<String, String>,
+            #[serde(default)]
+            redact: Vec<String>,
+            #[serde(default)]
+            pseudonymise: Vec<String>,
+            pseudonymise_key: Option<Secret>,
+            #[serde(default)]
             filter: BTreeMap<String, GlobList>,
             #[serde(default)]
             batch: PartialBatch,
@@ -383,6 +390,10 @@ impl Loader {
             "format",
             "template",
             "template_file",
+            "format_options",
+            "redact",
+            "pseudonymise",
+            "pseudonymise_key",
             "filter",
             "batch",
             "retry",
@@ -434,6 +445,12 @@ impl Loader {
         Some(SinkConfig {
             name: common.name,
             render,
+            format_options: common.format_options,
+            privacy: Privacy {
+                redact: common.redact,
+                pseudonymise: common.pseudonymise,
+                key: common.pseudonymise_key,
+            },
             filter: common.filter,
             batch,
             retry: common.retry,
@@ -551,6 +568,44 @@ impl Loader {
             for (field, globs) in &s.filter {
                 if globs.patterns().is_empty() {
                     self.error(&p.key("filter").key(field), "give at least one pattern");
+                }
+            }
+            if !s.privacy.pseudonymise.is_empty()
+                && s.privacy.key.as_ref().is_none_or(|k| k.expose().len() < 16)
+            {
+                self.error(
+                    &p.key("pseudonymise_key"),
+                    "`pseudonymise` needs a key of at least 16 characters, e.g. pseudonymise_key = \"${AUDITSTREAM_PSEUDONYM_KEY}\"",
+                );
+            }
+            for (list, key) in [
+                (&s.privacy.redact, "redact"),
+                (&s.privacy.pseudonymise, "pseudonymise"),
+            ] {
+                if let Some(bad) = list
+                    .iter()
+                    .find(|f| f.is_empty() || f.split('.').any(str::is_empty))
+                {
+                    self.error(
+                        &p.key(key),
+                        format!(
+                            "`{bad}` is not a field path such as `metadata.ip` or `changes.*.old`"
+                        ),
+                    );
+                }
+            }
+            if let (RenderSpec::Format(name), SinkKind::Http(h)) = (&s.render, &s.kind) {
+                if let Some(crate::template::formats::Format::Template(f)) =
+                    crate::template::formats::lookup(name)
+                {
+                    if let Some(needed) = f.needs_encoding {
+                        if h.encoding.as_str() != needed {
+                            self.error(
+                                &p.key("encoding"),
+                                format!("format `{name}` sends a JSON array of records: set encoding = \"{needed}\""),
+                            );
+                        }
+                    }
                 }
             }
             match &s.kind {

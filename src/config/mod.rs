@@ -257,6 +257,10 @@ pub enum WhenFull {
 pub struct SinkConfig {
     pub name: String,
     pub render: RenderSpec,
+    /// Options of a built-in format (`index`, `vendor`, ...).
+    pub format_options: BTreeMap<String, String>,
+    /// Fields removed or pseudonymised before rendering.
+    pub privacy: Privacy,
     /// Field path (dotted) to glob patterns; all fields must match one of their patterns.
     pub filter: BTreeMap<String, GlobList>,
     pub batch: BatchConfig,
@@ -284,6 +288,23 @@ impl SinkConfig {
             SinkKind::S3(c) => Some(c.key.as_deref().unwrap_or(DEFAULT_S3_KEY)),
             _ => None,
         }
+    }
+}
+
+/// What a sink hides of each event before rendering it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Privacy {
+    /// Field paths removed (`metadata.ip`; `*` matches any one key: `changes.*.old`).
+    pub redact: Vec<String>,
+    /// Field paths whose values are replaced by a keyed HMAC-SHA256 token.
+    pub pseudonymise: Vec<String>,
+    /// The HMAC key (from the environment: `pseudonymise_key = "${PSEUDONYM_KEY}"`).
+    pub key: Option<Secret>,
+}
+
+impl Privacy {
+    pub fn is_empty(&self) -> bool {
+        self.redact.is_empty() && self.pseudonymise.is_empty()
     }
 }
 
@@ -600,6 +621,17 @@ pub enum HttpEncoding {
     Concatenated,
     /// One request per record.
     Single,
+}
+
+impl HttpEncoding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpEncoding::Ndjson => "ndjson",
+            HttpEncoding::JsonArray => "json_array",
+            HttpEncoding::Concatenated => "concatenated",
+            HttpEncoding::Single => "single",
+        }
+    }
 }
 
 /// `auth = { bearer = "..." }`, `{ basic = { user = "...", password = "..." } }` or

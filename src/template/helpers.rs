@@ -7,6 +7,8 @@
 //! | `date` | `{{date timestamp "%Y/%m/%d"}}` | an RFC 3339 string or epoch seconds/millis, formatted in UTC |
 //! | `upper`, `lower` | `{{upper action}}` | the text in upper or lower case |
 //! | `truncate` | `{{truncate metadata.user_agent 40 "…"}}` | at most N characters, with an optional suffix |
+//! | `mask` | `{{mask metadata.ip 3}}` | every character but the last N (default 4) replaced by `*` |
+//! | `hash` | `{{hash actor.id}}` | SHA-256 of the text, hex (unkeyed: use the sink's `pseudonymise` for personal data) |
 //!
 //! Templates run in strict mode: a missing field is an error unless it goes through `default`
 //! (or `#if`). Every helper returns a value, so they nest: `{{json (default actor.name null)}}`.
@@ -25,7 +27,7 @@ pub const NAMES: &[&str] = &[
     // handlebars' built-ins
     "if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt", "lte",
     "and", "or", "not", "len", // ours (registered below)
-    "json", "date", "upper", "lower", "truncate", "default",
+    "json", "date", "upper", "lower", "truncate", "default", "mask", "hash",
 ];
 
 /// Registers every helper on `hb`.
@@ -36,6 +38,8 @@ pub fn register(hb: &mut Handlebars<'_>) {
     hb.register_helper("lower", Box::new(ValueHelper("lower", lower)));
     hb.register_helper("truncate", Box::new(ValueHelper("truncate", truncate)));
     hb.register_helper("default", Box::new(DefaultHelper));
+    hb.register_helper("mask", Box::new(ValueHelper("mask", mask)));
+    hb.register_helper("hash", Box::new(ValueHelper("hash", hash)));
 }
 
 /// A helper computed from its present (non-missing) parameters.
@@ -128,6 +132,32 @@ fn truncate(v: &Value, rest: &[PathAndJson<'_>]) -> Result<Value, String> {
     let mut out: String = s.chars().take(max).collect();
     out.push_str(&suffix);
     Ok(Value::String(out))
+}
+
+fn mask(v: &Value, rest: &[PathAndJson<'_>]) -> Result<Value, String> {
+    let keep = match rest.first() {
+        Some(p) => p
+            .value()
+            .as_u64()
+            .ok_or("give how many characters to keep, e.g. {{mask field 4}}")?,
+        None => 4,
+    };
+    let s = text(v);
+    let n = s.chars().count();
+    let keep = usize::try_from(keep).unwrap_or(usize::MAX).min(n);
+    let masked: String = s
+        .chars()
+        .enumerate()
+        .map(|(i, c)| if i < n - keep { '*' } else { c })
+        .collect();
+    Ok(Value::String(masked))
+}
+
+fn hash(v: &Value, _: &[PathAndJson<'_>]) -> Result<Value, String> {
+    use sha2::Digest;
+    Ok(Value::String(hex::encode(sha2::Sha256::digest(
+        text(v).as_bytes(),
+    ))))
 }
 
 const DEFAULT_DATE_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
@@ -255,5 +285,20 @@ mod tests {
             "héllo…"
         );
         assert_eq!(render("{{truncate u 50}}", data).unwrap(), "héllo wörld");
+    }
+
+    #[test]
+    fn mask_and_hash() {
+        let data = json!({"card": "4111111111111111", "ip": "10.0.0.1", "short": "ab"});
+        assert_eq!(
+            render("{{mask card}}", data.clone()).unwrap(),
+            "************1111"
+        );
+        assert_eq!(render("{{mask ip 1}}", data.clone()).unwrap(), "*******1");
+        assert_eq!(render("{{mask short}}", data.clone()).unwrap(), "ab");
+        assert_eq!(
+            render("{{hash short}}", data).unwrap(),
+            "fb8e20fc2e4c3f248c60c39bd652f3c1347298bb977b8b4d5903b85055620603"
+        );
     }
 }

@@ -13,6 +13,7 @@
 pub mod formats;
 pub mod helpers;
 pub mod sample;
+pub mod siem;
 
 use std::path::Path;
 
@@ -51,6 +52,7 @@ fn registry() -> Handlebars<'static> {
     hb.set_strict_mode(true);
     hb.register_escape_fn(handlebars::no_escape);
     helpers::register(&mut hb);
+    siem::register(&mut hb);
     hb
 }
 
@@ -92,7 +94,14 @@ impl Templates {
                         renderers.push(Renderer::Passthrough);
                         continue;
                     }
-                    Some(formats::Format::Template(src)) => ("format", src.to_string()),
+                    Some(formats::Format::Template(f)) => match f.expand(&sink.format_options) {
+                        Ok(src) => ("format", src),
+                        Err(e) => {
+                            errors.push(locator.sink_error(i, "format_options", e));
+                            renderers.push(Renderer::Passthrough);
+                            continue;
+                        }
+                    },
                     None => {
                         errors.push(locator.sink_error(
                             i,
@@ -152,6 +161,17 @@ impl Templates {
         )
     }
 
+    /// Renders an event's fields after redaction (see [`crate::redact`]).
+    pub fn render_value(&self, sink: usize, fields: Value) -> Result<String, RenderError> {
+        match &self.renderers[sink] {
+            Renderer::Passthrough => Ok(without_kafka(&fields).to_string()),
+            Renderer::Template(name) => self
+                .hb
+                .render_with_context(name, &handlebars::Context::from(fields))
+                .map_err(|e| RenderError(describe(&e))),
+        }
+    }
+
     /// Renders `event` for the sink at `sink` (its index in the configuration).
     pub fn render(&self, sink: usize, event: &Event) -> Result<String, RenderError> {
         match &self.renderers[sink] {
@@ -196,10 +216,12 @@ fn unknown_helper(t: &handlebars::template::Template) -> Option<String> {
         // a helper.
         let calls = !h.params.is_empty() || !h.hash.is_empty() || h.block;
         if let Parameter::Name(name) = &h.name {
-            if calls && !helpers::NAMES.contains(&name.as_str()) {
+            let known = helpers::NAMES.iter().chain(siem::NAMES);
+            if calls && !known.clone().any(|n| n == name) {
+                let all: Vec<&str> = known.copied().collect();
                 return Some(format!(
                     "unknown helper `{name}`; helpers are: {}",
-                    helpers::NAMES.join(", ")
+                    all.join(", ")
                 ));
             }
         }
@@ -248,15 +270,18 @@ fn passthrough(event: &Event) -> String {
     if !raw.contains(['\n', '\r']) {
         return raw.to_string();
     }
-    match event.value() {
-        Value::Object(map) => {
-            let original: serde_json::Map<String, Value> = map
-                .iter()
+    without_kafka(event.value()).to_string()
+}
+
+/// The fields without the `_kafka` that decoding added.
+fn without_kafka(v: &Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.iter()
                 .filter(|(k, _)| k.as_str() != "_kafka")
                 .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            Value::Object(original).to_string()
-        }
-        other => other.to_string(),
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
