@@ -185,6 +185,7 @@ async fn run_one(kind: &str, payloads: Arc<Vec<Bytes>>, dir: &Path) -> Duration 
         probe_now: Arc::new(tokio::sync::Notify::new()),
         spill: None,
         redactor: None,
+        journal: None,
     };
     drop(qqueue);
     let started = Instant::now();

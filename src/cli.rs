@@ -738,16 +738,169 @@ pub fn parked_purge(path: &Path, sink: &str, older_than: &str, yes: bool) -> Exi
     })())
 }
 
+/// `auditstream integrity public-key`.
+pub fn integrity_public_key(path: &Path) -> ExitCode {
+    let (config, _) = match load_or_report(path) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    match signer(&config) {
+        Ok(s) => {
+            println!("{}", s.public_key());
+            ExitCode::from(OK)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(USAGE)
+        }
+    }
+}
+
+/// `auditstream integrity generate-key`.
+pub fn integrity_generate_key() -> ExitCode {
+    match crate::integrity::generate_key() {
+        Ok(k) => {
+            println!("{k}");
+            eprintln!("keep it secret: set integrity.signing_key = \"${{AUDITSTREAM_SIGNING_KEY}}\" and put this in that variable");
+            ExitCode::from(OK)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(FAILURE)
+        }
+    }
+}
+
+fn signer(config: &Config) -> Result<crate::integrity::Signer, String> {
+    let ic = config
+        .integrity
+        .as_ref()
+        .ok_or("this configuration has no [integrity] section")?;
+    crate::integrity::Signer::new(&ic.seed()?)
+}
+
+/// A time bound for `verify`: RFC 3339, or a date (midnight UTC).
+fn time_bound(s: &str) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_millis())
+        .ok_or_else(|| format!("`{s}` is neither RFC 3339 nor YYYY-MM-DD"))
+}
+
+/// `auditstream verify --sink S`: walks the digest chain and checks every object; exit 0 only
+/// when everything checks out.
+pub async fn verify(
+    path: &Path,
+    sink: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    public_key: Option<&str>,
+) -> ExitCode {
+    let (config, _) = match load_or_report(path) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let Some(sc) = config.sinks.iter().find(|s| s.name == sink) else {
+        eprintln!("no sink named `{sink}`");
+        return ExitCode::from(USAGE);
+    };
+    let SinkKind::S3(c) = &sc.kind else {
+        eprintln!("sink `{sink}` is not an S3 sink; only S3 archives carry digests");
+        return ExitCode::from(USAGE);
+    };
+    let key = match public_key {
+        Some(k) => k.to_string(),
+        None => match signer(&config) {
+            Ok(s) => s.public_key(),
+            Err(e) => {
+                eprintln!("{e}; or give --public-key");
+                return ExitCode::from(USAGE);
+            }
+        },
+    };
+    let window = match (
+        from.map(time_bound).transpose(),
+        to.map(time_bound).transpose(),
+    ) {
+        (Ok(from_ms), Ok(to_ms)) => crate::integrity::Window { from_ms, to_ms },
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let interval = config
+        .integrity
+        .as_ref()
+        .map(|i| i.digest_interval.get())
+        .unwrap_or(std::time::Duration::from_secs(3600));
+    let s3 = match crate::sink::s3::S3Sink::new(c).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::from(FAILURE);
+        }
+    };
+    let bar = styled_bar(
+        0,
+        "{spinner} checking objects [{bar:40}] {pos}/{len} ({per_sec}, {eta})",
+    );
+    let report = crate::integrity::verify(&s3, &key, interval, &window, &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await;
+    bar.finish_and_clear();
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot read the archive: {e}");
+            return ExitCode::from(FAILURE);
+        }
+    };
+    for p in &report.problems {
+        println!("{p}");
+    }
+    for p in &report.pending {
+        println!("not yet in a digest: {p}");
+    }
+    println!(
+        "{} digests, {} objects checked: {}",
+        report.digests,
+        report.objects_checked,
+        if report.problems.is_empty() {
+            "everything checks out".to_string()
+        } else {
+            format!("{} problems", report.problems.len())
+        }
+    );
+    if report.problems.is_empty() {
+        ExitCode::from(OK)
+    } else {
+        ExitCode::from(FAILURE)
+    }
+}
+
 fn progress(total: u64, sink: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} replaying {msg} [{bar:40}] {pos}/{len} events ({per_sec}, {eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
+    let bar = styled_bar(
+        total,
+        "{spinner} replaying {msg} [{bar:40}] {pos}/{len} events ({per_sec}, {eta})",
     );
     bar.set_message(sink.to_string());
+    bar
+}
+
+/// A progress bar on stderr drawn by `template`.
+fn styled_bar(total: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
     bar
 }
 

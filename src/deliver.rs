@@ -95,6 +95,8 @@ pub struct Worker {
     pub spill: Option<Spill>,
     /// What this sink hides of each event (`redact`, `pseudonymise`).
     pub redactor: Option<crate::redact::Redactor>,
+    /// Where the objects this sink writes are journaled for the integrity digests.
+    pub journal: Option<crate::integrity::Journal>,
 }
 
 /// The spilling rule (see the module header).
@@ -267,8 +269,24 @@ impl Running {
         result
     }
 
-    /// Writes the records the destination refused for good to the quarantine, durably, before
-    /// the batch counts as delivered (its offsets committed, or its park entry removed).
+    /// What a receipt asks for before its batch counts as delivered (offsets committed, or its
+    /// park entry removed): the objects written are journaled for the integrity digests, and
+    /// the records the destination refused for good are quarantined, both durably.
+    async fn settle_receipt(&self, batch: &Batch, receipt: &crate::sink::Receipt) {
+        if let Some(journal) = &self.w.journal {
+            if !receipt.objects().is_empty() {
+                let mut wait = Duration::from_millis(100);
+                while let Err(e) = journal.record(batch, receipt.objects()).await {
+                    tracing::error!(sink = %self.name(), error = %e, "cannot journal written objects for the integrity digest; the batch waits");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        self.quarantine_refused(batch, receipt).await;
+    }
+
+    /// Writes the records the destination refused for good to the quarantine, durably.
     async fn quarantine_refused(&self, batch: &Batch, receipt: &crate::sink::Receipt) {
         if receipt.refused().is_empty() {
             return;
@@ -352,7 +370,7 @@ impl Running {
         if self.w.park.entries() == 0 && !self.should_spill() {
             match self.attempt(&batch).await {
                 Ok(receipt) => {
-                    self.quarantine_refused(&batch, &receipt).await;
+                    self.settle_receipt(&batch, &receipt).await;
                     self.delivered(&batch, &receipt, false);
                     self.finished(&batch);
                     // A failed start-up check said `retrying`; a delivery says otherwise.
@@ -605,7 +623,7 @@ impl Running {
             };
             match self.attempt(&head.batch).await {
                 Ok(receipt) => {
-                    self.quarantine_refused(&head.batch, &receipt).await;
+                    self.settle_receipt(&head.batch, &receipt).await;
                     self.delivered(&head.batch, &receipt, true);
                     if let Err(e) = self.w.park.release(&head, Release::Delivered(receipt)) {
                         self.handle_store_error(e).await;

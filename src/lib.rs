@@ -18,7 +18,9 @@
 //! - [`deliver`]: one worker per sink: render, batch, deliver with retries, report finished.
 //! - [`sink`]: the `Sink` trait and the destinations.
 //! - [`offsets`]: the contiguous-prefix offset tracker (pure, property-tested).
-//! - [`park`]: the persistent sled store (the quarantine).
+//! - [`park`]: the persistent sled store (parked batches, the quarantine, alert and integrity
+//!   journals).
+//! - [`integrity`]: signed, chained digests of what the S3 sinks wrote, and `verify`.
 //! - [`pipeline`]: wires the stages for `run` and `demo`; start-up and graceful stop.
 //! - [`demo`]: the embedded demo; [`embedded_kafka`]: the in-process Kafka cluster it uses.
 
@@ -34,6 +36,7 @@ pub mod embedded_kafka;
 pub mod event;
 pub mod fanout;
 pub mod generate;
+pub mod integrity;
 pub mod offsets;
 pub mod park;
 pub mod pipeline;

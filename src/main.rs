@@ -68,6 +68,28 @@ enum Command {
         #[command(subcommand)]
         action: ParkedAction,
     },
+    /// Check an S3 sink's archive against its signed chain of digests.
+    Verify {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The S3 sink whose archive to check.
+        #[arg(long)]
+        sink: String,
+        /// Check objects written from this time (RFC 3339 or YYYY-MM-DD, UTC).
+        #[arg(long)]
+        from: Option<String>,
+        /// Check objects written before this time.
+        #[arg(long)]
+        to: Option<String>,
+        /// The public key to check signatures with (default: the configured signing key's).
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// The key that signs integrity digests.
+    Integrity {
+        #[command(subcommand)]
+        action: IntegrityAction,
+    },
     /// Run the whole pipeline on an embedded default, with no external services.
     Demo {
         /// How many audit events to generate.
@@ -130,6 +152,17 @@ enum ParkedAction {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum IntegrityAction {
+    /// Print the public key of `integrity.signing_key` (give it to whoever verifies).
+    PublicKey {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print a new random signing key (base64) for `integrity.signing_key`.
+    GenerateKey,
 }
 
 #[derive(Subcommand)]
@@ -227,6 +260,23 @@ fn main() -> ExitCode {
             QuarantineAction::Export { config, out } => {
                 cli::quarantine_export(&config, out.as_ref())
             }
+        },
+        Command::Verify {
+            config,
+            sink,
+            from,
+            to,
+            public_key,
+        } => runtime.block_on(cli::verify(
+            &config,
+            &sink,
+            from.as_deref(),
+            to.as_deref(),
+            public_key.as_deref(),
+        )),
+        Command::Integrity { action } => match action {
+            IntegrityAction::PublicKey { config } => cli::integrity_public_key(&config),
+            IntegrityAction::GenerateKey => cli::integrity_generate_key(),
         },
         Command::Demo {
             events,

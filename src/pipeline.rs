@@ -26,6 +26,7 @@ use crate::admin::{self, AdminState};
 use crate::alert;
 use crate::deliver::{ParkLimits, Worker};
 use crate::fanout::{Filter, Route, Router};
+use crate::integrity::{Digester, Journal, Signer};
 use crate::offsets::Slot;
 use crate::park::export::Exporter;
 use crate::park::quarantine::{run_writer, Quarantine};
@@ -44,12 +45,15 @@ pub struct Pipeline {
     store: Store,
     sinks: Vec<(Box<dyn Sink>, SinkPark)>,
     status: Arc<Status>,
+    /// Per sink: the integrity journal and digester (S3 sinks, with `[integrity]`).
+    integrity: Vec<Option<(Journal, Arc<tokio::sync::Mutex<Digester>>)>>,
 }
 
 impl Pipeline {
     /// Opens the park store and builds every sink.
     pub async fn build(config: Config, templates: Templates) -> anyhow::Result<Self> {
-        let store = Store::open(&config.park.path)?;
+        let store = open_store(&config.park.path).await?;
+        let integrity = integrity_for(&config, &store).await?;
         let mut sinks = Vec::with_capacity(config.sinks.len());
         let mut statuses = Vec::with_capacity(config.sinks.len());
         for sc in &config.sinks {
@@ -75,6 +79,7 @@ impl Pipeline {
                 sinks: statuses,
                 ..Status::default()
             }),
+            integrity,
         })
     }
 
@@ -148,7 +153,26 @@ impl Pipeline {
             store,
             sinks,
             status,
+            integrity,
         } = self;
+        let digest_every = config
+            .integrity
+            .as_ref()
+            .map(|i| i.digest_interval.get())
+            .unwrap_or(std::time::Duration::from_secs(3600));
+        for (_, digester) in integrity.iter().flatten() {
+            let d = digester.clone();
+            services.spawn(async move {
+                let mut tick = tokio::time::interval(digest_every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = d.lock().await.digest_now().await {
+                        tracing::error!(error = format!("{e:#}"), "cannot write an integrity digest; the objects stay journaled for the next one");
+                    }
+                }
+            });
+        }
         let (reports_tx, reports_rx) = std::sync::mpsc::channel();
         let (quarantine, quarantine_queue) = Quarantine::channel();
         let mut tasks = JoinSet::new();
@@ -190,6 +214,7 @@ impl Pipeline {
                 probe_now: probe_now[&sc.name].clone(),
                 // A sink that holds half the window, or its share of it, is holding the others.
                 redactor: crate::redact::Redactor::new(&sc.privacy),
+                journal: integrity[index].as_ref().map(|(j, _)| j.clone()),
                 spill: (config.sinks.len() > 1).then(|| crate::deliver::Spill {
                     status: status.clone(),
                     backlog: (config.pipeline.max_in_flight_events / config.sinks.len()).max(1),
@@ -258,6 +283,15 @@ impl Pipeline {
         }
         tasks.shutdown().await;
         services.shutdown().await;
+        // The objects written until now go into one more digest.
+        for (_, digester) in integrity.iter().flatten() {
+            let mut d = digester.lock().await;
+            match tokio::time::timeout(std::time::Duration::from_secs(30), d.digest_now()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "cannot write the final integrity digest; the objects stay journaled for the next start"),
+                Err(_) => tracing::error!("the final integrity digest took too long; the objects stay journaled for the next start"),
+            }
+        }
         if let Some(server) = admin_server {
             server.stop().await;
         }
@@ -278,6 +312,49 @@ impl Pipeline {
             None => Ok(()),
         }
     }
+}
+
+/// Opens the park store, waiting a little while another process holds it: a command such as
+/// `auditstream parked list` opens the store for a moment when no daemon answers.
+async fn open_store(path: &std::path::Path) -> anyhow::Result<Store> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(path) {
+            Err(crate::park::StoreError::InUse { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// The integrity journal and digester of each S3 sink, when `[integrity]` is configured.
+async fn integrity_for(
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<Vec<Option<(Journal, Arc<tokio::sync::Mutex<Digester>>)>>> {
+    let Some(ic) = &config.integrity else {
+        return Ok(config.sinks.iter().map(|_| None).collect());
+    };
+    let seed = ic
+        .seed()
+        .map_err(|e| anyhow::anyhow!("integrity.signing_key: {e}"))?;
+    let mut out = Vec::with_capacity(config.sinks.len());
+    for sc in &config.sinks {
+        let crate::config::SinkKind::S3(c) = &sc.kind else {
+            out.push(None);
+            continue;
+        };
+        let journal = Journal::open(store, &sc.name)?;
+        let signer =
+            Signer::new(&seed).map_err(|e| anyhow::anyhow!("integrity.signing_key: {e}"))?;
+        let s3 = crate::sink::s3::S3Sink::new(c).await?;
+        let digester = Digester::new(&sc.name, s3, journal.clone(), signer);
+        out.push(Some((journal, Arc::new(tokio::sync::Mutex::new(digester)))));
+    }
+    Ok(out)
 }
 
 /// How long a stop waits for the Kafka consumer to close after the final commit.

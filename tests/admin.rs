@@ -340,13 +340,33 @@ fn the_command_line_reaches_a_running_daemon_and_json_logs_name_the_sink() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    wait_for("everything parked", LONG, || {
-        let (code, out, _) = auditstream(&["parked", "list", "--config", cfg]);
-        code == 0
+    // The daemon first, then the commands (which would open the store themselves if no daemon
+    // answered yet).
+    wait_for("the daemon's admin API", LONG, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("admin API listening")
+    });
+    let started = std::time::Instant::now();
+    loop {
+        let last = auditstream(&["parked", "list", "--config", cfg]);
+        let (code, out, _) = &last;
+        if *code == 0
             && out
                 .lines()
                 .any(|l| l.starts_with("siem") && l.contains(" 300 "))
-    });
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < LONG,
+            "timed out waiting for everything parked; the last `parked list` said:\n{}\n{}\nthe daemon's log:\n{}",
+            last.1,
+            last.2,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (code, out, err) = auditstream(&["parked", "list", "--config", cfg]);
     assert_eq!(code, 0);
     assert!(err.contains("asking it at"), "{err}");

@@ -252,6 +252,7 @@ impl Loader {
         let mut pipeline = Some(PipelineConfig::default());
         let mut park = Some(ParkConfig::default());
         let mut alerts = None;
+        let mut integrity = None;
         let mut admin = Some(AdminConfig::default());
         let mut sinks = None;
         for (key, value) in table {
@@ -261,12 +262,13 @@ impl Loader {
                 "pipeline" => pipeline = self.typed(value, &path),
                 "park" => park = self.typed(value, &path),
                 "alerts" => alerts = Some(self.typed::<AlertsConfig>(value, &path)),
+                "integrity" => integrity = Some(self.typed::<IntegrityConfig>(value, &path)),
                 "admin" => admin = self.typed(value, &path),
                 "sinks" => sinks = self.sinks(value, &path),
                 other => self.error(
                     &path,
                     format!(
-                        "unknown section `{other}`; expected one of kafka, pipeline, park, alerts, admin, sinks"
+                        "unknown section `{other}`; expected one of kafka, pipeline, park, alerts, integrity, admin, sinks"
                     ),
                 ),
             }
@@ -284,11 +286,16 @@ impl Loader {
             Some(parsed) => Some(parsed?),
             None => None,
         };
+        let integrity = match integrity {
+            Some(parsed) => Some(parsed?),
+            None => None,
+        };
         let config = Config {
             kafka: kafka?,
             pipeline: pipeline?,
             park: park?,
             alerts,
+            integrity,
             admin: admin?,
             sinks: sinks?,
         };
@@ -490,6 +497,11 @@ impl Loader {
         }
         if c.pipeline.max_event_bytes.bytes() == 0 {
             self.error(&pipeline.key("max_event_bytes"), "must be more than 0");
+        }
+        if let Some(i) = &c.integrity {
+            if let Err(e) = i.seed() {
+                self.error(&root.key("integrity").key("signing_key"), e);
+            }
         }
         if let Some(a) = &c.alerts {
             let p = root.key("alerts");

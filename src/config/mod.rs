@@ -24,8 +24,42 @@ pub struct Config {
     pub park: ParkConfig,
     /// Email (and webhook) alerts; `None` when the section is absent (alerts are only logged).
     pub alerts: Option<AlertsConfig>,
+    /// Signed digests of what the S3 sinks wrote; `None` when the section is absent.
+    pub integrity: Option<IntegrityConfig>,
     pub admin: AdminConfig,
     pub sinks: Vec<SinkConfig>,
+}
+
+/// `[integrity]`: every S3 sink writes signed, chained digests of the objects it wrote.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrityConfig {
+    /// The Ed25519 private key (its 32-byte seed, base64), usually `${AUDITSTREAM_SIGNING_KEY}`;
+    /// `auditstream integrity generate-key` makes one.
+    pub signing_key: Secret,
+    /// How often each S3 sink writes a digest (and once more at every stop).
+    #[serde(default = "default_digest_interval")]
+    pub digest_interval: HumanDuration,
+}
+
+impl IntegrityConfig {
+    /// The 32-byte Ed25519 seed.
+    pub fn seed(&self) -> Result<[u8; 32], String> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(self.signing_key.expose().trim())
+            .map_err(|_| "not base64 (make a key with `auditstream integrity generate-key`)")?;
+        <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+            format!(
+                "{} bytes; an Ed25519 key is 32 (make one with `auditstream integrity generate-key`)",
+                bytes.len()
+            )
+        })
+    }
+}
+
+fn default_digest_interval() -> HumanDuration {
+    HumanDuration::from_secs(3600)
 }
 
 /// `[alerts]`: telling the admins when a sink breaks, stays broken, and recovers.

@@ -15,6 +15,7 @@
 //! | `alerts` | sink name | frame(JSON alert incident state), a [`records::Table`] |
 //! | `outbox` | seq (u64 BE) | frame(JSON alert message not yet sent everywhere), a [`records::Fifo`] |
 //! | `health` | `ready` | the time of the last `/ready` write check |
+//! | `integrity:<sink>` | seq (u64 BE) | frame(JSON object written since the sink's last digest), a [`records::Fifo`] |
 //!
 //! Sequence numbers come from sled's `generate_id`, which only grows (also across restarts),
 //! so each sink's trees iterate oldest first: a FIFO per sink. Every value is framed by

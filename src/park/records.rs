@@ -1,6 +1,7 @@
 //! Small record stores in the park database for other modules, so that sled stays behind
-//! this module: the alert outbox (a FIFO of messages not yet sent everywhere) and the alert
-//! incident states (one value per sink).
+//! this module: the alert outbox (a FIFO of messages not yet sent everywhere), the alert
+//! incident states (one value per sink), and each S3 sink's integrity journal (objects written
+//! since its last digest).
 //!
 //! Values are JSON, framed by [`codec`] (version, CRC32) and checked on every read, like the
 //! rest of the store. Writes are not flushed here; callers that need a value on disk before
@@ -52,6 +53,18 @@ impl<T: Serialize + DeserializeOwned> Fifo<T> {
             seq,
             serde_json::from_slice(codec::decode(seq, &v)?)?,
         )))
+    }
+
+    /// Every value, oldest first, with its sequence number.
+    pub fn all(&self) -> Result<Vec<(u64, T)>, StoreError> {
+        self.tree
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| self.store.sled_err(e))?;
+                let seq = key_to_u64(&k);
+                Ok((seq, serde_json::from_slice(codec::decode(seq, &v)?)?))
+            })
+            .collect()
     }
 
     /// Replaces the value at `seq`.

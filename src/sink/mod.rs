@@ -86,6 +86,16 @@ pub struct Receipt {
     last: Option<i64>,
     records: usize,
     refused: Vec<Refused>,
+    objects: Vec<WrittenObject>,
+}
+
+/// An object a sink wrote for a batch (the S3 sink), for the integrity digests.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WrittenObject {
+    pub key: String,
+    /// SHA-256 of the object's bytes as stored (after compression), hex.
+    pub sha256: String,
+    pub bytes: u64,
 }
 
 /// One record of a batch that the destination refused for good.
@@ -106,7 +116,19 @@ impl Receipt {
             last: batch.last_offset(),
             records: batch.len(),
             refused: Vec::new(),
+            objects: Vec::new(),
         }
+    }
+
+    /// Made by a sink that wrote `objects` for `batch`.
+    pub(in crate::sink) fn with_objects(mut self, objects: Vec<WrittenObject>) -> Self {
+        self.objects = objects;
+        self
+    }
+
+    /// The objects written for the batch.
+    pub fn objects(&self) -> &[WrittenObject] {
+        &self.objects
     }
 
     /// Made by a sink once the destination has `batch`, except the `refused` records.

@@ -40,7 +40,7 @@ use aws_sdk_s3::types::{
 use aws_sdk_s3::Client;
 
 use super::compress::{compress, extension};
-use super::{DeliveryError, Receipt, Sink};
+use super::{DeliveryError, Receipt, Sink, WrittenObject};
 use crate::batch::Batch;
 use crate::config::{self, ChecksumMode, HealthCheck, S3SinkConfig};
 
@@ -49,25 +49,12 @@ const MAX_KEY_PART: usize = 512;
 /// Longest segment between slashes.
 const MAX_SEGMENT: usize = 255;
 
-/// Sets the options every object gets (content type and encoding, Kafka metadata, storage
-/// class, encryption, lock) on a `PutObject` or `CreateMultipartUpload` request.
-macro_rules! with_object_options {
-    ($req:expr, $sink:expr, $encoding:expr, $batch:expr) => {{
-        let c = &$sink.c;
-        let mut req = $req
-            .content_type("application/x-ndjson")
-            .set_content_encoding($encoding.map(str::to_string))
-            .metadata("auditstream-topic", $batch.tp.topic.to_string())
-            .metadata("auditstream-partition", $batch.tp.partition.to_string())
-            .metadata(
-                "auditstream-first-offset",
-                $batch.first_offset().unwrap_or(0).to_string(),
-            )
-            .metadata(
-                "auditstream-last-offset",
-                $batch.last_offset().unwrap_or(0).to_string(),
-            )
-            .metadata("auditstream-records", $batch.len().to_string());
+/// Sets the storage options every object gets (storage class, encryption, Object Lock) on a
+/// `PutObject` or `CreateMultipartUpload` request.
+macro_rules! with_storage_options {
+    ($req:expr, $c:expr) => {{
+        let c = $c;
+        let mut req = $req;
         if let Some(sc) = &c.storage_class {
             req = req.storage_class(StorageClass::from(sc.as_str()));
         }
@@ -92,6 +79,28 @@ macro_rules! with_object_options {
                 .object_lock_retain_until_date(DateTime::from(until));
         }
         req
+    }};
+}
+
+/// Sets what a batch's object gets: content type and encoding, its Kafka range as metadata,
+/// and the storage options.
+macro_rules! with_object_options {
+    ($req:expr, $sink:expr, $encoding:expr, $batch:expr) => {{
+        let req = $req
+            .content_type("application/x-ndjson")
+            .set_content_encoding($encoding.map(str::to_string))
+            .metadata("auditstream-topic", $batch.tp.topic.to_string())
+            .metadata("auditstream-partition", $batch.tp.partition.to_string())
+            .metadata(
+                "auditstream-first-offset",
+                $batch.first_offset().unwrap_or(0).to_string(),
+            )
+            .metadata(
+                "auditstream-last-offset",
+                $batch.last_offset().unwrap_or(0).to_string(),
+            )
+            .metadata("auditstream-records", $batch.len().to_string());
+        with_storage_options!(req, &$sink.c)
     }};
 }
 
@@ -158,11 +167,25 @@ impl S3Sink {
             .then_some(ChecksumAlgorithm::Crc32)
     }
 
-    async fn put(&self, key: &str, body: Vec<u8>, batch: &Batch) -> Result<(), DeliveryError> {
+    /// Puts a batch's object; returns what was written (its SHA-256 is also in the object's
+    /// metadata, `auditstream-sha256`).
+    async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        batch: &Batch,
+    ) -> Result<WrittenObject, DeliveryError> {
         let (body, encoding) = compress(body, self.c.compression)
             .map_err(|e| DeliveryError::permanent(format!("compressing: {e}")))?;
+        let written = WrittenObject {
+            key: key.to_string(),
+            sha256: sha256_hex(&body),
+            bytes: body.len() as u64,
+        };
         if body.len() as u64 > self.c.multipart_threshold.bytes() {
-            return self.put_multipart(key, body, encoding, batch).await;
+            self.put_multipart(key, body, encoding, batch, &written.sha256)
+                .await?;
+            return Ok(written);
         }
         let req = self
             .client
@@ -171,9 +194,10 @@ impl S3Sink {
             .key(key)
             .body(ByteStream::from(body))
             .set_checksum_algorithm(self.checksum());
-        let req = with_object_options!(req, self, encoding, batch);
+        let req = with_object_options!(req, self, encoding, batch)
+            .metadata("auditstream-sha256", &written.sha256);
         req.send().await.map_err(|e| classify(e, &self.c.bucket))?;
-        Ok(())
+        Ok(written)
     }
 
     async fn put_multipart(
@@ -182,6 +206,7 @@ impl S3Sink {
         body: Vec<u8>,
         encoding: Option<&'static str>,
         batch: &Batch,
+        sha256: &str,
     ) -> Result<(), DeliveryError> {
         let req = self
             .client
@@ -189,7 +214,8 @@ impl S3Sink {
             .bucket(&self.c.bucket)
             .key(key)
             .set_checksum_algorithm(self.checksum());
-        let req = with_object_options!(req, self, encoding, batch);
+        let req =
+            with_object_options!(req, self, encoding, batch).metadata("auditstream-sha256", sha256);
         let created = req.send().await.map_err(|e| classify(e, &self.c.bucket))?;
         let upload_id = created
             .upload_id()
@@ -265,6 +291,101 @@ impl S3Sink {
 /// Makes a rendered key part safe: segments split on `/`, without empty, `.` and `..`
 /// segments or control characters, each at most 255 bytes, all at most 512 bytes, ending in
 /// `/` when not empty. The result never starts with `/` and never climbs out of the prefix.
+/// SHA-256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// One object of a listing.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub key: String,
+    /// When S3 stored it (ms since the epoch).
+    pub last_modified_ms: i64,
+}
+
+/// What the integrity digests need of the bucket: auditstream's own objects (digests) are put
+/// with the sink's encryption and Object Lock, and the archive can be listed and read back.
+impl S3Sink {
+    /// The sink's key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.c.prefix
+    }
+
+    /// Puts one of auditstream's own objects (not a batch), with the sink's storage class,
+    /// encryption and Object Lock.
+    pub async fn put_own(&self, key: &str, body: Vec<u8>) -> Result<(), DeliveryError> {
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.c.bucket)
+            .key(key)
+            .content_type("application/json")
+            .metadata("auditstream-sha256", sha256_hex(&body))
+            .body(ByteStream::from(body))
+            .set_checksum_algorithm(self.checksum());
+        let req = with_storage_options!(req, &self.c);
+        req.send().await.map_err(|e| classify(e, &self.c.bucket))?;
+        Ok(())
+    }
+
+    /// Every object under `prefix`, in key order.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, DeliveryError> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.c.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| classify(e, &self.c.bucket))?;
+            for o in page.contents() {
+                if let Some(key) = o.key() {
+                    out.push(Listed {
+                        key: key.to_string(),
+                        last_modified_ms: o
+                            .last_modified()
+                            .and_then(|t| t.to_millis().ok())
+                            .unwrap_or(0),
+                    });
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// An object's bytes as stored; `None` when there is no such object.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, DeliveryError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.c.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => {
+                let bytes = o.body.collect().await.map_err(|e| {
+                    DeliveryError::retryable(format!("reading s3://{}/{key}: {e}", self.c.bucket))
+                })?;
+                Ok(Some(bytes.into_bytes().to_vec()))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(classify(e, &self.c.bucket)),
+        }
+    }
+}
+
 /// The object key a sink configured as `c` gives `batch`: the prefix, the sanitised rendered
 /// key part (the batch's label), and a deterministic name from topic, partition and first
 /// offset, so a batch sent again overwrites itself.
@@ -379,8 +500,8 @@ where
 impl Sink for S3Sink {
     async fn deliver(&self, batch: &Batch) -> Result<Receipt, DeliveryError> {
         let key = self.object_key(batch);
-        self.put(&key, batch.lines(), batch).await?;
-        Ok(Receipt::for_batch(batch))
+        let written = self.put(&key, batch.lines(), batch).await?;
+        Ok(Receipt::for_batch(batch).with_objects(vec![written]))
     }
 
     async fn health_check(&self) -> Result<(), DeliveryError> {
