@@ -76,8 +76,9 @@ impl Signer {
         B64.encode(self.pair.public_key().as_ref())
     }
 
-    fn sign(&self, message: &[u8]) -> String {
-        B64.encode(self.pair.sign(message).as_ref())
+    /// The signature of a digest (over the digest without its signature), base64.
+    pub fn sign_digest(&self, digest: &Digest) -> String {
+        B64.encode(self.pair.sign(&digest.signed_bytes()).as_ref())
     }
 }
 
@@ -251,7 +252,7 @@ impl Digester {
             public_key: self.signer.public_key(),
             signature: None,
         };
-        digest.signature = Some(self.signer.sign(&digest.signed_bytes()));
+        digest.signature = Some(self.signer.sign_digest(&digest));
         let bytes = serde_json::to_vec(&digest)?;
         let key = digest_key(self.s3.prefix(), sequence);
         let sha256 = sha256_hex(&bytes);
@@ -450,7 +451,7 @@ mod tests {
             public_key: signer.public_key(),
             signature: None,
         };
-        d.signature = Some(signer.sign(&d.signed_bytes()));
+        d.signature = Some(signer.sign_digest(&d));
         d
     }
 
