@@ -343,3 +343,6 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

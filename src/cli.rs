@@ -159,7 +159,7 @@ fn render_with(
         }
     };
     let redactor = crate::redact::Redactor::new(&config.sinks[index].privacy);
-    let body = match crate::redact::render(templates, index, redactor.as_ref(), &event) {
+    let body = match templates.render_redacted(index, redactor.as_ref(), &event) {
         Ok(body) => body,
         Err(e) => {
             eprintln!(
@@ -793,13 +793,21 @@ fn time_bound(s: &str) -> Result<i64, String> {
 
 /// `auditstream verify --sink S`: walks the digest chain and checks every object; exit 0 only
 /// when everything checks out.
-pub async fn verify(
-    path: &Path,
-    sink: &str,
-    from: Option<&str>,
-    to: Option<&str>,
-    public_key: Option<&str>,
-) -> ExitCode {
+/// `verify`'s options beyond the sink.
+pub struct VerifyOptions<'a> {
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub public_key: Option<&'a str>,
+    pub digest_interval: Option<&'a str>,
+}
+
+pub async fn verify(path: &Path, sink: &str, o: VerifyOptions<'_>) -> ExitCode {
+    let VerifyOptions {
+        from,
+        to,
+        public_key,
+        digest_interval,
+    } = o;
     let (config, _) = match load_or_report(path) {
         Ok(x) => x,
         Err(code) => return code,
@@ -832,11 +840,20 @@ pub async fn verify(
             return ExitCode::from(USAGE);
         }
     };
-    let interval = config
-        .integrity
-        .as_ref()
-        .map(|i| i.digest_interval.get())
-        .unwrap_or(std::time::Duration::from_secs(3600));
+    let interval = match (digest_interval, &config.integrity) {
+        (Some(text), _) => match text.parse::<crate::config::HumanDuration>() {
+            Ok(d) => d.get(),
+            Err(e) => {
+                eprintln!("--digest-interval: {e}");
+                return ExitCode::from(USAGE);
+            }
+        },
+        (None, Some(i)) => i.digest_interval.get(),
+        (None, None) => {
+            eprintln!("give --digest-interval (the daemon's integrity.digest_interval): this configuration has no [integrity]");
+            return ExitCode::from(USAGE);
+        }
+    };
     let s3 = match crate::sink::s3::S3Sink::new(c).await {
         Ok(s) => s,
         Err(e) => {

@@ -205,12 +205,10 @@ impl Running {
         &self,
         event: Arc<Event>,
     ) -> Option<(crate::event::TopicPartition, Record, Arc<Event>)> {
-        let rendered = crate::redact::render(
-            &self.w.templates,
-            self.w.index,
-            self.w.redactor.as_ref(),
-            &event,
-        )
+        let rendered = self
+            .w
+            .templates
+            .render_redacted(self.w.index, self.w.redactor.as_ref(), &event)
         .map_err(|e| e.to_string())
             .and_then(|body| {
                 if self.w.sink.one_record_per_line() && body.contains(['\n', '\r']) {
@@ -234,7 +232,19 @@ impl Running {
                     timestamp_ms: None,
                     key: None,
                     headers: vec![],
-                    payload: Some(event.raw.clone()),
+                    // A sink that must not see personal data does not leave it in the
+                    // quarantine either.
+                    payload: Some(match &self.w.redactor {
+                        None => event.raw.clone(),
+                        Some(r) => {
+                            let mut fields = event.value().clone();
+                            r.apply(&mut fields);
+                            if let serde_json::Value::Object(m) = &mut fields {
+                                m.remove("_kafka");
+                            }
+                            fields.to_string().into()
+                        }
+                    }),
                 };
                 let entry = QuarantineEntry::new(&msg, Some(self.name()), "render_failed", e);
                 self.w.status.add_quarantined(1);
@@ -276,10 +286,17 @@ impl Running {
         if let Some(journal) = &self.w.journal {
             if !receipt.objects().is_empty() {
                 let mut wait = Duration::from_millis(100);
+                let mut failing = false;
                 while let Err(e) = journal.record(batch, receipt.objects()).await {
-                    tracing::error!(sink = %self.name(), error = %e, "cannot journal written objects for the integrity digest; the batch waits");
+                    let why = format!("cannot journal written objects for the integrity digest: {e}; the batch and its offsets wait");
+                    tracing::error!(sink = %self.name(), "{why}");
+                    self.w.status.set_holding(Some(why));
+                    failing = true;
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(30));
+                }
+                if failing {
+                    self.w.status.set_holding(None);
                 }
             }
         }

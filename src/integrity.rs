@@ -55,8 +55,35 @@ pub fn digests_prefix(prefix: &str) -> String {
     format!("{prefix}.auditstream/digests/")
 }
 
-fn digest_key(prefix: &str, sequence: u64) -> String {
-    format!("{}{sequence:010}.json", digests_prefix(prefix))
+/// Each daemon writing to a prefix keeps its own chain (`integrity.chain`, by default the
+/// host name), so several instances of one consumer group never number over each other.
+fn chain_prefix(prefix: &str, chain: &str) -> String {
+    format!("{}{chain}/", digests_prefix(prefix))
+}
+
+fn digest_key(prefix: &str, chain: &str, sequence: u64) -> String {
+    format!("{}{sequence:010}.json", chain_prefix(prefix, chain))
+}
+
+/// The default chain name: this host's name, made safe for a key.
+pub fn default_chain() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let clean: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean.is_empty() {
+        "default".into()
+    } else {
+        clean
+    }
 }
 
 /// The Ed25519 key that signs digests.
@@ -118,6 +145,8 @@ pub struct Previous {
 pub struct Digest {
     pub format: String,
     pub sink: String,
+    /// The chain (one per daemon writing to the prefix).
+    pub chain: String,
     pub prefix: String,
     pub sequence: u64,
     pub created_at: String,
@@ -190,6 +219,7 @@ impl Journal {
 /// Writes one sink's digests.
 pub struct Digester {
     sink: String,
+    chain: String,
     s3: S3Sink,
     journal: Journal,
     signer: Signer,
@@ -199,9 +229,10 @@ pub struct Digester {
 
 impl Digester {
     /// A digester; it reads the chain's head from the bucket before its first digest.
-    pub fn new(sink: &str, s3: S3Sink, journal: Journal, signer: Signer) -> Self {
+    pub fn new(sink: &str, chain: &str, s3: S3Sink, journal: Journal, signer: Signer) -> Self {
         Self {
             sink: sink.to_string(),
+            chain: chain.to_string(),
             s3,
             journal,
             signer,
@@ -210,7 +241,10 @@ impl Digester {
     }
 
     async fn find_head(&self) -> Result<Option<(u64, Previous)>, DeliveryError> {
-        let listed = self.s3.list(&digests_prefix(self.s3.prefix())).await?;
+        let listed = self
+            .s3
+            .list(&chain_prefix(self.s3.prefix(), &self.chain))
+            .await?;
         let Some(last) = listed.iter().rev().find_map(|l| {
             let name = l.key.rsplit('/').next()?;
             let seq: u64 = name.strip_suffix(".json")?.parse().ok()?;
@@ -244,6 +278,7 @@ impl Digester {
         let mut digest = Digest {
             format: FORMAT.into(),
             sink: self.sink.clone(),
+            chain: self.chain.clone(),
             prefix: self.s3.prefix().to_string(),
             sequence,
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -254,7 +289,7 @@ impl Digester {
         };
         digest.signature = Some(self.signer.sign_digest(&digest));
         let bytes = serde_json::to_vec(&digest)?;
-        let key = digest_key(self.s3.prefix(), sequence);
+        let key = digest_key(self.s3.prefix(), &self.chain, sequence);
         let sha256 = sha256_hex(&bytes);
         self.s3.put_own(&key, bytes).await?;
         self.head = Some(Some((sequence, Previous { key, sha256 })));
@@ -296,74 +331,50 @@ impl Window {
     }
 }
 
-/// Walks the chain of digests and checks every object it lists (see the module header).
-/// `progress` is called with (objects checked, objects to check).
-pub async fn verify(
-    s3: &S3Sink,
+/// Checks one chain: sequence from 1 without gaps, each digest following the one before it,
+/// signatures. Adds the objects it lists to `latest`; returns when its last digest was made.
+fn walk_chain(
+    chain_name: &str,
+    chain: &BTreeMap<u64, (String, Vec<u8>)>,
     public_key: &str,
-    digest_interval: std::time::Duration,
-    window: &Window,
-    progress: &dyn Fn(u64, u64),
-) -> Result<Report, DeliveryError> {
-    let mut report = Report::default();
-    let dprefix = digests_prefix(s3.prefix());
-    let listed = s3.list(&dprefix).await?;
-    // The chain, in sequence order.
-    let mut chain: BTreeMap<u64, (String, Vec<u8>)> = BTreeMap::new();
-    for l in &listed {
-        let bytes = s3.get(&l.key).await?.unwrap_or_default();
-        let seq = l
-            .key
-            .strip_prefix(&dprefix)
-            .and_then(|n| n.strip_suffix(".json"))
-            .and_then(|n| n.parse::<u64>().ok());
-        match seq {
-            Some(seq) => {
-                chain.insert(seq, (l.key.clone(), bytes));
-            }
-            None => report
-                .problems
-                .push(format!("not a digest, among the digests: {}", l.key)),
-        }
-    }
-    report.digests = chain.len();
+    latest: &mut HashMap<String, Entry>,
+    problems: &mut Vec<String>,
+) -> Option<i64> {
     let mut expected_seq = 1;
     let mut previous: Option<Previous> = None;
-    let mut latest: HashMap<String, Entry> = HashMap::new();
     let mut last_created_ms = None;
-    for (seq, (key, bytes)) in &chain {
+    for (seq, (key, bytes)) in chain {
         if *seq != expected_seq {
-            report.problems.push(format!(
-                "chain broken: digest {expected_seq} is missing (the next one is {key})"
+            problems.push(format!(
+                "chain broken: digest {expected_seq} of chain `{chain_name}` is missing (the next one is {key})"
             ));
         }
         expected_seq = seq + 1;
+        let this = Previous {
+            key: key.clone(),
+            sha256: sha256_hex(bytes),
+        };
         let digest: Digest = match serde_json::from_slice(bytes) {
             Ok(d) => d,
             Err(e) => {
-                report
-                    .problems
-                    .push(format!("chain broken: {key} is not a digest ({e})"));
-                previous = Some(Previous {
-                    key: key.clone(),
-                    sha256: sha256_hex(bytes),
-                });
+                problems.push(format!("chain broken: {key} is not a digest ({e})"));
+                previous = Some(this);
                 continue;
             }
         };
         if !digest.signature_ok(public_key) {
-            report.problems.push(format!(
+            problems.push(format!(
                 "bad signature: {key} is not signed by the configured key"
             ));
         }
-        if digest.sequence != *seq {
-            report.problems.push(format!(
-                "chain broken: {key} says it is digest {} (moved or reordered)",
-                digest.sequence
+        if digest.sequence != *seq || digest.chain != chain_name {
+            problems.push(format!(
+                "chain broken: {key} says it is digest {} of chain `{}` (moved or reordered)",
+                digest.sequence, digest.chain
             ));
         }
         if digest.previous != previous {
-            report.problems.push(format!(
+            problems.push(format!(
                 "chain broken: {key} does not follow the digest before it (its `previous` is {}, the digest before it hashes to {})",
                 digest.previous.as_ref().map_or("none".into(), |p| format!("{} {}", p.key, p.sha256)),
                 previous.as_ref().map_or("nothing".into(), |p| format!("{} {}", p.key, p.sha256)),
@@ -375,11 +386,63 @@ pub async fn verify(
         for e in digest.objects {
             latest.insert(e.key.clone(), e);
         }
-        previous = Some(Previous {
-            key: key.clone(),
-            sha256: sha256_hex(bytes),
-        });
+        previous = Some(this);
     }
+    last_created_ms
+}
+
+/// Walks the chains of digests and checks every object they list (see the module header).
+/// `progress` is called with (objects checked, objects to check).
+pub async fn verify(
+    s3: &S3Sink,
+    public_key: &str,
+    digest_interval: std::time::Duration,
+    window: &Window,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Report, DeliveryError> {
+    let mut report = Report::default();
+    let dprefix = digests_prefix(s3.prefix());
+    let listed = s3.list(&dprefix).await?;
+    // The chains, each in sequence order.
+    let mut chains: BTreeMap<String, BTreeMap<u64, (String, Vec<u8>)>> = BTreeMap::new();
+    for l in &listed {
+        let parsed = l.key.strip_prefix(&dprefix).and_then(|rest| {
+            let (chain, name) = rest.split_once('/')?;
+            let seq = name.strip_suffix(".json")?.parse::<u64>().ok()?;
+            Some((chain.to_string(), seq))
+        });
+        match parsed {
+            Some((chain, seq)) => {
+                let bytes = s3.get(&l.key).await?.unwrap_or_default();
+                chains
+                    .entry(chain)
+                    .or_default()
+                    .insert(seq, (l.key.clone(), bytes));
+            }
+            None => report
+                .problems
+                .push(format!("not a digest, among the digests: {}", l.key)),
+        }
+    }
+    let mut latest: HashMap<String, Entry> = HashMap::new();
+    // The time of the oldest chain's last digest: what is older is in a digest everywhere.
+    let mut all_digested_before: Option<i64> = None;
+    for (chain_name, chain) in &chains {
+        report.digests += chain.len();
+        let last = walk_chain(
+            chain_name,
+            chain,
+            public_key,
+            &mut latest,
+            &mut report.problems,
+        );
+        all_digested_before = match (all_digested_before, last) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (None, b) => b,
+            (a, None) => a,
+        };
+    }
+    let last_created_ms = all_digested_before;
 
     // Every listed object, as it is now.
     let mut to_check: Vec<&Entry> = latest

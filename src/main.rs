@@ -84,6 +84,10 @@ enum Command {
         /// The public key to check signatures with (default: the configured signing key's).
         #[arg(long)]
         public_key: Option<String>,
+        /// The daemon's digest interval, when this configuration has no [integrity] (a verifier
+        /// without the signing key): objects older than two intervals must be in a digest.
+        #[arg(long)]
+        digest_interval: Option<String>,
     },
     /// The key that signs integrity digests.
     Integrity {
@@ -267,12 +271,16 @@ fn main() -> ExitCode {
             from,
             to,
             public_key,
+            digest_interval,
         } => runtime.block_on(cli::verify(
             &config,
             &sink,
-            from.as_deref(),
-            to.as_deref(),
-            public_key.as_deref(),
+            cli::VerifyOptions {
+                from: from.as_deref(),
+                to: to.as_deref(),
+                public_key: public_key.as_deref(),
+                digest_interval: digest_interval.as_deref(),
+            },
         )),
         Command::Integrity { action } => match action {
             IntegrityAction::PublicKey { config } => cli::integrity_public_key(&config),
@@ -296,3 +304,6 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

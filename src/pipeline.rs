@@ -212,9 +212,9 @@ impl Pipeline {
                 park,
                 limits: limits.clone(),
                 probe_now: probe_now[&sc.name].clone(),
-                // A sink that holds half the window, or its share of it, is holding the others.
                 redactor: crate::redact::Redactor::new(&sc.privacy),
                 journal: integrity[index].as_ref().map(|(j, _)| j.clone()),
+                // A sink that holds its share of the window is holding the others.
                 spill: (config.sinks.len() > 1).then(|| crate::deliver::Spill {
                     status: status.clone(),
                     backlog: (config.pipeline.max_in_flight_events / config.sinks.len()).max(1),
@@ -283,8 +283,10 @@ impl Pipeline {
         }
         tasks.shutdown().await;
         services.shutdown().await;
-        // The objects written until now go into one more digest.
-        for (_, digester) in integrity.iter().flatten() {
+        // The objects written until now go into one more digest (not when stopping at once:
+        // they stay journaled for the next start).
+        let immediate = shutdown.stage() == Stage::Immediate;
+        for (_, digester) in integrity.iter().flatten().filter(|_| !immediate) {
             let mut d = digester.lock().await;
             match tokio::time::timeout(std::time::Duration::from_secs(30), d.digest_now()).await {
                 Ok(Ok(_)) => {}
@@ -351,7 +353,11 @@ async fn integrity_for(
         let signer =
             Signer::new(&seed).map_err(|e| anyhow::anyhow!("integrity.signing_key: {e}"))?;
         let s3 = crate::sink::s3::S3Sink::new(c).await?;
-        let digester = Digester::new(&sc.name, s3, journal.clone(), signer);
+        let chain = ic
+            .chain
+            .clone()
+            .unwrap_or_else(crate::integrity::default_chain);
+        let digester = Digester::new(&sc.name, &chain, s3, journal.clone(), signer);
         out.push(Some((journal, Arc::new(tokio::sync::Mutex::new(digester)))));
     }
     Ok(out)

@@ -16,8 +16,6 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::config::Privacy;
-use crate::event::Event;
-use crate::template::{RenderError, Templates};
 
 /// A sink's redaction, compiled.
 #[derive(Clone)]
@@ -72,23 +70,6 @@ impl Redactor {
         };
         mac.update(text.as_bytes());
         hex::encode(&mac.finalize().into_bytes()[..16])
-    }
-}
-
-/// Renders `event` for the sink at `sink`, hiding what `redactor` says first.
-pub fn render(
-    templates: &Templates,
-    sink: usize,
-    redactor: Option<&Redactor>,
-    event: &Event,
-) -> Result<String, RenderError> {
-    match redactor {
-        None => templates.render(sink, event),
-        Some(r) => {
-            let mut fields = event.value().clone();
-            r.apply(&mut fields);
-            templates.render_value(sink, fields)
-        }
     }
 }
 

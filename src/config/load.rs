@@ -499,8 +499,21 @@ impl Loader {
             self.error(&pipeline.key("max_event_bytes"), "must be more than 0");
         }
         if let Some(i) = &c.integrity {
+            let p = root.key("integrity");
             if let Err(e) = i.seed() {
-                self.error(&root.key("integrity").key("signing_key"), e);
+                self.error(&p.key("signing_key"), e);
+            }
+            if i.digest_interval.get().is_zero() {
+                self.error(&p.key("digest_interval"), "must be more than 0");
+            }
+            if let Some(chain) = &i.chain {
+                if chain.is_empty()
+                    || !chain
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+                {
+                    self.error(&p.key("chain"), "use letters, digits, `-`, `_` and `.`");
+                }
             }
         }
         if let Some(a) = &c.alerts {
@@ -583,7 +596,10 @@ impl Loader {
                 }
             }
             if !s.privacy.pseudonymise.is_empty()
-                && s.privacy.key.as_ref().is_none_or(|k| k.expose().len() < 16)
+                && s.privacy
+                    .key
+                    .as_ref()
+                    .is_none_or(|k| k.expose().chars().count() < 16)
             {
                 self.error(
                     &p.key("pseudonymise_key"),
@@ -605,6 +621,12 @@ impl Loader {
                         ),
                     );
                 }
+            }
+            if !s.format_options.is_empty() && !matches!(s.render, RenderSpec::Format(_)) {
+                self.error(
+                    &p.key("format_options"),
+                    "only applies with `format`: a template takes no options",
+                );
             }
             if let (RenderSpec::Format(name), SinkKind::Http(h)) = (&s.render, &s.kind) {
                 if let Some(crate::template::formats::Format::Template(f)) =

@@ -40,6 +40,10 @@ pub struct IntegrityConfig {
     /// How often each S3 sink writes a digest (and once more at every stop).
     #[serde(default = "default_digest_interval")]
     pub digest_interval: HumanDuration,
+    /// This daemon's chain of digests (default: the host name). Each daemon writing to the
+    /// same prefix needs its own: several instances of a consumer group on one bucket do.
+    #[serde(default)]
+    pub chain: Option<String>,
 }
 
 impl IntegrityConfig {

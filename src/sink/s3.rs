@@ -288,9 +288,6 @@ impl S3Sink {
     }
 }
 
-/// Makes a rendered key part safe: segments split on `/`, without empty, `.` and `..`
-/// segments or control characters, each at most 255 bytes, all at most 512 bytes, ending in
-/// `/` when not empty. The result never starts with `/` and never climbs out of the prefix.
 /// SHA-256 of `bytes`, hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -406,12 +403,16 @@ pub fn object_key(c: &S3SinkConfig, batch: &Batch) -> String {
     )
 }
 
+/// Makes a rendered key part safe: segments split on `/`, without empty, `.` and `..`
+/// segments or control characters, each at most 255 bytes, all at most 512 bytes, ending in
+/// `/` when not empty. The result never starts with `/` and never climbs out of the prefix.
 pub fn sanitize_key_part(raw: &str) -> String {
     let mut out = String::new();
     for seg in raw.split(['/', '\\']) {
         let clean: String = seg.chars().filter(|c| !c.is_control()).collect();
         let clean = clean.trim();
-        if clean.is_empty() || clean == "." || clean == ".." {
+        // `.auditstream` is where the sink keeps its own objects (the integrity digests).
+        if clean.is_empty() || clean == "." || clean == ".." || clean == ".auditstream" {
             continue;
         }
         let seg = truncate_bytes(clean, MAX_SEGMENT);
@@ -553,6 +554,11 @@ mod tests {
         assert_eq!(sanitize_key_part("ws\u{0}-1\n/x"), "ws-1/x/");
         assert_eq!(sanitize_key_part("..\\..\\win"), "win/");
         assert_eq!(sanitize_key_part(""), "");
+        assert_eq!(
+            sanitize_key_part(".auditstream/digests/x"),
+            "digests/x/",
+            "no event writes into the digests"
+        );
     }
 
     #[test]

@@ -125,6 +125,17 @@ impl Templates {
                     }
                 },
             };
+            // The sink's template sees the sample as the sink will see events: redacted.
+            let redacted;
+            let sample = match crate::redact::Redactor::new(&sink.privacy) {
+                Some(r) => {
+                    let mut v = sample.clone();
+                    r.apply(&mut v);
+                    redacted = v;
+                    &redacted
+                }
+                None => sample,
+            };
             let name = format!("sink:{}", sink.name);
             if let Err(e) = hb.register_template_string(&name, &source) {
                 errors.push(locator.sink_error(i, key, format!("template does not compile: {e}")));
@@ -159,6 +170,23 @@ impl Templates {
                 .render_with_context(name, &event.data)
                 .map_err(|e| RenderError(describe(&e))),
         )
+    }
+
+    /// Renders `event` for the sink at `sink`, hiding what `redactor` says first.
+    pub fn render_redacted(
+        &self,
+        sink: usize,
+        redactor: Option<&crate::redact::Redactor>,
+        event: &Event,
+    ) -> Result<String, RenderError> {
+        match redactor {
+            None => self.render(sink, event),
+            Some(r) => {
+                let mut fields = event.value().clone();
+                r.apply(&mut fields);
+                self.render_value(sink, fields)
+            }
+        }
     }
 
     /// Renders an event's fields after redaction (see [`crate::redact`]).

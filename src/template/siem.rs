@@ -210,29 +210,39 @@ fn object(action: &str) -> &str {
     action.split('.').next().unwrap_or(action)
 }
 
+/// ECS `event.category` and the `event.type` values that category allows.
+fn ecs(action: &str) -> (&'static str, Vec<&'static str>) {
+    match (object(action), verb(action)) {
+        (_, "login" | "login_failed") => ("authentication", vec!["start"]),
+        (_, "logout") => ("authentication", vec!["end"]),
+        ("user" | "role" | "group" | "api_key" | "secret", v) => (
+            "iam",
+            match v {
+                "created" | "invited" => vec!["creation"],
+                "deleted" | "revoked" => vec!["deletion"],
+                "role_changed" | "role_granted" | "role_revoked" => vec!["user", "change"],
+                "accessed" | "viewed" | "read" => vec!["info"],
+                _ => vec!["change"],
+            },
+        ),
+        (_, v) => (
+            "configuration",
+            match v {
+                "created" => vec!["creation"],
+                "deleted" => vec!["deletion"],
+                "accessed" | "viewed" | "read" | "exported" => vec!["access"],
+                _ => vec!["change"],
+            },
+        ),
+    }
+}
+
 fn ecs_category(args: &[Value]) -> Result<Value, String> {
-    let action = first(args);
-    let cat = match (object(&action), verb(&action)) {
-        (_, "login" | "logout" | "login_failed") => vec!["authentication"],
-        ("user" | "role" | "group" | "api_key", _) => vec!["iam"],
-        ("secret", _) => vec!["iam", "configuration"],
-        _ => vec!["configuration"],
-    };
-    Ok(json!(cat))
+    Ok(json!([ecs(&first(args)).0]))
 }
 
 fn ecs_type(args: &[Value]) -> Result<Value, String> {
-    let action = first(args);
-    let t = match (object(&action), verb(&action)) {
-        (_, "login") => vec!["start"],
-        (_, "logout") => vec!["end"],
-        (_, "created" | "invited") => vec!["creation"],
-        (_, "deleted" | "revoked") => vec!["deletion"],
-        (_, "accessed" | "viewed" | "read" | "exported") => vec!["access"],
-        ("user", "role_changed") => vec!["user", "change"],
-        _ => vec!["change"],
-    };
-    Ok(json!(t))
+    Ok(json!(ecs(&first(args)).1))
 }
 
 fn ecs_outcome(args: &[Value]) -> Result<Value, String> {
