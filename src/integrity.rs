@@ -497,6 +497,7 @@ mod tests {
         let mut d = Digest {
             format: FORMAT.into(),
             sink: "archive".into(),
+            chain: "host-1".into(),
             prefix: "audit/".into(),
             sequence: 1,
             created_at: "2026-01-01T00:00:00.000Z".into(),

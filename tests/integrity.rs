@@ -286,10 +286,10 @@ async fn verify_passes_an_intact_archive_and_names_every_kind_of_tampering() {
 
     // The chain cut at its start, then in its middle.
     archive.delete(&digests[0]).await;
-    archive.assert_caught("a chain without its first digest", "digest 1 is missing");
+    archive.assert_caught("a chain without its first digest", "digest 1 of chain");
     archive.put(&digests[0], first.clone()).await;
     archive.delete(&digests[1]).await;
-    archive.assert_caught("a chain cut in its middle", "digest 2 is missing");
+    archive.assert_caught("a chain cut in its middle", "digest 2 of chain");
     archive.put(&digests[1], second.clone()).await;
     archive.assert_intact("restoring the chain");
 
