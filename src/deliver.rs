@@ -146,13 +146,27 @@ impl Worker {
             let seen = seen.clone();
             async move {
                 let e = q.recv().await?;
-                seen.w.status.set_queued(q.len());
+                seen.w.status.sub_queued(1);
                 Some((e, q))
             }
         })
         .filter_map(move |event| futures::future::ready(render.render(event)));
-        batch::batches(records, r.w.batch, move |first: &Arc<Event>| {
+        let batches = batch::batches(records, r.w.batch, move |first: &Arc<Event>| {
             label.label(first)
+        });
+        // Rendering and batching run in their own task, at most two batches ahead of delivery:
+        // the next batch is rendered (on the other core) while this one is sent.
+        let (ahead_tx, ahead_rx) = tokio::sync::mpsc::channel(2);
+        let _ahead = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            batches
+                .map(Ok)
+                .forward(futures::sink::unfold(ahead_tx, |tx, b| async move {
+                    tx.send(b).await.map(|_| tx)
+                }))
+                .in_current_span(),
+        ));
+        futures::stream::unfold(ahead_rx, |mut rx| async move {
+            rx.recv().await.map(|b| (b, rx))
         })
         .for_each_concurrent(r.w.concurrency.max(1), |b| {
             let r = r.clone();

@@ -53,6 +53,8 @@ pub struct Route {
     pub slot: Slot,
     pub filter: Filter,
     pub queue: UnboundedSender<Arc<Event>>,
+    /// The sink's status, whose queue length the route counts up (the worker counts down).
+    pub status: Arc<crate::status::SinkStatus>,
 }
 
 /// All routes, in configuration order.
@@ -77,8 +79,11 @@ impl Router {
     /// pending (its offset is never committed); the pipeline notices the stopped worker.
     pub fn send(&self, event: Arc<Event>, to: Pending) {
         for r in self.routes.iter().filter(|r| to.contains(r.slot)) {
-            if r.queue.send(event.clone()).is_err() {
-                tracing::error!(slot = ?r.slot, "a sink worker has stopped; its events stay uncommitted");
+            match r.queue.send(event.clone()) {
+                Ok(()) => r.status.add_queued(1),
+                Err(_) => {
+                    tracing::error!(slot = ?r.slot, "a sink worker has stopped; its events stay uncommitted")
+                }
             }
         }
     }

@@ -197,6 +197,7 @@ impl Pipeline {
                 slot,
                 filter: Filter::new(sc),
                 queue,
+                status: status.sinks[index].clone(),
             });
             let worker = Worker {
                 index,

@@ -143,8 +143,18 @@ impl SinkStatus {
         self.health().holding = why;
     }
 
-    pub fn set_queued(&self, n: usize) {
-        self.queued.store(n as u64, Ordering::Relaxed);
+    /// Events routed to this sink's queue.
+    pub fn add_queued(&self, n: u64) {
+        self.queued.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Events its worker took from the queue.
+    pub fn sub_queued(&self, n: u64) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(n))
+            });
     }
 
     pub fn queued(&self) -> u64 {
