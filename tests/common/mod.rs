@@ -201,6 +201,9 @@ impl Daemon {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&status) {
+                    eprintln!("the daemon was ended by signal {sig}");
+                }
                 return status.code();
             }
             assert!(
@@ -213,7 +216,7 @@ impl Daemon {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 }
 
