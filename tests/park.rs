@@ -508,6 +508,14 @@ fn kill_dash_nine_while_parking_and_draining_loses_nothing() {
         let ids = producer.join().unwrap();
         switch.set(true);
         let mut d = Daemon::start(&path, &dir.path().join("final.log"));
+        // Started (the park opened and scanned, signals handled) before anything is judged:
+        // earlier rounds may already have delivered every event.
+        let log = d.log.clone();
+        wait_for("the final daemon to start", LONG, || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("partitions assigned")
+        });
         wait_for(
             "every event at the SIEM and in the archive",
             Duration::from_secs(120),
@@ -524,7 +532,6 @@ fn kill_dash_nine_while_parking_and_draining_loses_nothing() {
                     .all(|id| at_siem.contains(id) && archived.contains(id))
             },
         );
-        let log = d.log.clone();
         wait_for("the park to drain", LONG, || {
             std::fs::read_to_string(&log)
                 .unwrap_or_default()
