@@ -8,8 +8,6 @@
 
 use std::fmt;
 
-use serde_json::{Map, Value};
-
 use crate::event::{Event, RawMessage};
 
 /// Why a message is not an event.
@@ -76,21 +74,27 @@ pub struct Rejected {
 }
 
 /// Decodes one message. On rejection the message is handed back for the quarantine.
+///
+/// The value is checked, not kept parsed: each sink parses it when it renders it (see
+/// [`Event`]). The check is serde_json's own syntax check plus the nesting limit its parser
+/// enforces, so what passes here parses there.
 pub fn decode(msg: RawMessage, max_bytes: usize) -> Result<Event, Box<Rejected>> {
-    match parse(&msg, max_bytes) {
-        Ok(mut object) => {
-            object.insert("_kafka".into(), kafka_fields(&msg));
-            Ok(Event {
-                raw: msg.payload.unwrap_or_default(),
-                coords: msg.coords,
-                data: handlebars::Context::from(Value::Object(object)),
-            })
-        }
+    match check(&msg, max_bytes) {
+        Ok(()) => Ok(Event {
+            coords: msg.coords,
+            timestamp_ms: msg.timestamp_ms,
+            key: msg.key,
+            headers: msg.headers,
+            raw: msg.payload.unwrap_or_default(),
+        }),
         Err(why) => Err(Box::new(Rejected { message: msg, why })),
     }
 }
 
-fn parse(msg: &RawMessage, max_bytes: usize) -> Result<Map<String, Value>, Rejection> {
+/// serde_json's parser refuses a value nested this deep (its recursion limit of 128).
+const MAX_DEPTH: usize = 128;
+
+fn check(msg: &RawMessage, max_bytes: usize) -> Result<(), Rejection> {
     let payload = msg.payload.as_deref().ok_or(Rejection::Empty)?;
     if payload.len() > max_bytes {
         return Err(Rejection::TooLarge {
@@ -101,46 +105,47 @@ fn parse(msg: &RawMessage, max_bytes: usize) -> Result<Map<String, Value>, Rejec
     let text = std::str::from_utf8(payload).map_err(|e| Rejection::NotUtf8 {
         valid_up_to: e.valid_up_to(),
     })?;
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(Rejection::NotAnObject(json_kind(&other))),
-        Err(e) if e.to_string().starts_with("recursion limit exceeded") => Err(Rejection::TooDeep),
-        Err(e) => Err(Rejection::NotJson(e.to_string())),
+    // The syntax check allocates nothing; serde_json skips values without a depth limit, so
+    // the depth is measured apart (only once the syntax is known to be good).
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map_err(|e| Rejection::NotJson(e.to_string()))?;
+    if depth(payload) >= MAX_DEPTH {
+        return Err(Rejection::TooDeep);
+    }
+    match text.trim_start().as_bytes().first() {
+        Some(b'{') => Ok(()),
+        Some(b'[') => Err(Rejection::NotAnObject("array")),
+        Some(b'"') => Err(Rejection::NotAnObject("string")),
+        Some(b't' | b'f') => Err(Rejection::NotAnObject("boolean")),
+        Some(b'n') => Err(Rejection::NotAnObject("null")),
+        _ => Err(Rejection::NotAnObject("number")),
     }
 }
 
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
+/// The deepest nesting of arrays and objects in valid JSON text.
+fn depth(json: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
     }
-}
-
-/// The `_kafka` object templates see.
-fn kafka_fields(msg: &RawMessage) -> Value {
-    let text = |b: &[u8]| Value::String(String::from_utf8_lossy(b).into_owned());
-    let timestamp = msg
-        .timestamp_ms
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
-        .unwrap_or(Value::Null);
-    let headers: Map<String, Value> = msg
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_deref().map(text).unwrap_or(Value::Null)))
-        .collect();
-    serde_json::json!({
-        "topic": &*msg.coords.topic,
-        "partition": msg.coords.partition,
-        "offset": msg.coords.offset,
-        "timestamp": timestamp,
-        "key": msg.key.as_deref().map(text).unwrap_or(Value::Null),
-        "headers": headers,
-    })
+    deepest
 }
 
 #[cfg(test)]
@@ -170,15 +175,14 @@ mod tests {
     #[test]
     fn an_object_becomes_an_event_with_kafka_fields() {
         let e = decode(msg(Some(br#"{"id":"e1","actor":{"id":"u-1"}}"#)), 1024).unwrap();
-        assert_eq!(e.field("actor.id").unwrap(), "u-1");
-        assert_eq!(e.field("_kafka.partition").unwrap(), 2);
-        assert_eq!(e.field("_kafka.offset").unwrap(), 41);
-        assert_eq!(e.field("_kafka.key").unwrap(), "ws-1");
-        assert_eq!(e.field("_kafka.headers.trace").unwrap(), "abc");
-        assert_eq!(
-            e.field("_kafka.timestamp").unwrap(),
-            "2023-11-14T22:13:20.000Z"
-        );
+        let fields = e.fields().unwrap();
+        let field = |path| crate::event::lookup(&fields, path).unwrap();
+        assert_eq!(field("actor.id"), "u-1");
+        assert_eq!(field("_kafka.partition"), 2);
+        assert_eq!(field("_kafka.offset"), 41);
+        assert_eq!(field("_kafka.key"), "ws-1");
+        assert_eq!(field("_kafka.headers.trace"), "abc");
+        assert_eq!(field("_kafka.timestamp"), "2023-11-14T22:13:20.000Z");
         assert_eq!(e.raw_str(), r#"{"id":"e1","actor":{"id":"u-1"}}"#);
     }
 
@@ -205,5 +209,28 @@ mod tests {
                 .why,
             Rejection::TooDeep
         );
+    }
+
+    #[test]
+    fn what_decodes_parses_and_the_depth_limit_is_the_parsers() {
+        for depth in 100..140 {
+            // A string holding brackets and an escaped quote does not count.
+            let text = format!(
+                r#"{{"a":{}"x]{{\""{}}}"#,
+                "[".repeat(depth - 1),
+                "]".repeat(depth - 1)
+            );
+            let parsed = serde_json::from_str::<serde_json::Value>(&text);
+            match decode(msg(Some(text.as_bytes())), usize::MAX) {
+                Ok(e) => assert!(
+                    e.fields().is_ok(),
+                    "depth {depth} decoded but does not parse"
+                ),
+                Err(r) => {
+                    assert_eq!(r.why, Rejection::TooDeep, "depth {depth}");
+                    assert!(parsed.is_err(), "depth {depth} parses but was refused");
+                }
+            }
+        }
     }
 }

@@ -250,14 +250,17 @@ impl Running {
                     // quarantine either.
                     payload: Some(match &self.w.redactor {
                         None => event.raw.clone(),
-                        Some(r) => {
-                            let mut fields = event.value().clone();
-                            r.apply(&mut fields);
-                            if let serde_json::Value::Object(m) = &mut fields {
-                                m.remove("_kafka");
+                        // Fields that do not parse cannot be redacted: only the reason is kept.
+                        Some(r) => match event.fields() {
+                            Ok(mut fields) => {
+                                r.apply(&mut fields);
+                                if let serde_json::Value::Object(m) = &mut fields {
+                                    m.remove("_kafka");
+                                }
+                                fields.to_string().into()
                             }
-                            fields.to_string().into()
-                        }
+                            Err(_) => bytes::Bytes::new(),
+                        },
                     }),
                 };
                 let entry = QuarantineEntry::new(&msg, Some(self.name()), "render_failed", e);

@@ -59,23 +59,36 @@ pub struct RawMessage {
     pub payload: Option<Bytes>,
 }
 
-/// A decoded audit event: a JSON object plus its Kafka coordinates.
+/// A decoded audit event: a message whose value is one JSON object, with its Kafka metadata.
 ///
-/// `data` is the object as sent, with one field added: `_kafka` (topic, partition, offset,
-/// timestamp, key, headers), so templates can use the coordinates. It is a handlebars
-/// `Context` so that every sink renders from the same parsed value without copying it.
+/// It holds the value's bytes, not a parsed tree. A parsed `serde_json::Value` costs about ten
+/// times the text (a 500-byte event takes 5 KB), and up to `pipeline.max_in_flight_events`
+/// events wait in the sinks' queues; so each sink parses the event when it renders it
+/// ([`Event::fields`]) and drops the tree with the rendered record. Memory per waiting event
+/// is its size plus this struct (see ARCHITECTURE.md, invariant 5).
 #[derive(Debug)]
 pub struct Event {
     pub coords: Coords,
-    /// The message value exactly as received (valid UTF-8, one JSON object).
+    /// Milliseconds since the epoch, when the message has a timestamp.
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// The message value exactly as received (valid UTF-8, one JSON object: `decode` checked).
     pub raw: Bytes,
-    pub data: handlebars::Context,
 }
 
 impl Event {
-    /// The event's fields (including `_kafka`).
-    pub fn value(&self) -> &Value {
-        self.data.data()
+    /// The event's fields, parsed from `raw`, with one field added: `_kafka` (topic,
+    /// partition, offset, timestamp, key, headers), so templates can use the coordinates.
+    ///
+    /// `decode` checked the syntax, so this fails only where serde_json's tree is stricter
+    /// than its syntax check (a number beyond `f64`); the caller quarantines the event then.
+    pub fn fields(&self) -> Result<Value, serde_json::Error> {
+        let mut value: Value = serde_json::from_slice(&self.raw)?;
+        if let Value::Object(map) = &mut value {
+            map.insert("_kafka".into(), self.kafka_fields());
+        }
+        Ok(value)
     }
 
     /// The original message text.
@@ -84,9 +97,27 @@ impl Event {
         std::str::from_utf8(&self.raw).unwrap_or_default()
     }
 
-    /// Looks up a dotted field path such as `actor.id`.
-    pub fn field(&self, path: &str) -> Option<&Value> {
-        lookup(self.value(), path)
+    /// The `_kafka` object templates see.
+    fn kafka_fields(&self) -> Value {
+        let text = |b: &[u8]| Value::String(String::from_utf8_lossy(b).into_owned());
+        let timestamp = self
+            .timestamp_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+            .unwrap_or(Value::Null);
+        let headers: serde_json::Map<String, Value> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_deref().map(text).unwrap_or(Value::Null)))
+            .collect();
+        serde_json::json!({
+            "topic": &*self.coords.topic,
+            "partition": self.coords.partition,
+            "offset": self.coords.offset,
+            "timestamp": timestamp,
+            "key": self.key.as_deref().map(text).unwrap_or(Value::Null),
+            "headers": headers,
+        })
     }
 }
 

@@ -36,15 +36,21 @@ impl Filter {
         }
     }
 
-    pub fn matches(&self, event: &Event) -> bool {
+    /// Whether `fields` (an event's, see [`Event::fields`]) pass every rule.
+    pub fn matches(&self, fields: &Value) -> bool {
         self.rules.iter().all(|(field, globs)| {
-            let text = match event.field(field) {
+            let text = match crate::event::lookup(fields, field) {
                 Some(Value::String(s)) => s.clone(),
                 Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
                 _ => return false,
             };
             globs.iter().any(|g| g.matches(&text))
         })
+    }
+
+    /// A filter without rules takes every event without looking at it.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
     }
 }
 
@@ -67,11 +73,22 @@ impl Router {
         Self { routes }
     }
 
-    /// The sinks this event goes to.
+    /// The sinks this event goes to. The event is parsed here only when some sink has a
+    /// filter, and the tree is dropped at once (events wait in the queues as text).
     pub fn matching(&self, event: &Event) -> Pending {
+        let fields = if self.routes.iter().all(|r| r.filter.is_empty()) {
+            None
+        } else {
+            // An event whose tree does not parse goes to every sink, which quarantines it
+            // when it fails to render: filtered out, it would be lost without a trace.
+            event.fields().ok()
+        };
         self.routes
             .iter()
-            .filter(|r| r.filter.matches(event))
+            .filter(|r| match &fields {
+                Some(f) => r.filter.matches(f),
+                None => true,
+            })
             .fold(Pending::NONE, |p, r| p.with(r.slot))
     }
 
@@ -96,7 +113,7 @@ mod tests {
     use crate::decode::decode;
     use crate::event::{Coords, RawMessage};
 
-    fn event(json: &str) -> Event {
+    fn event(json: &str) -> Value {
         decode(
             RawMessage {
                 coords: Coords {
@@ -111,6 +128,8 @@ mod tests {
             },
             1 << 20,
         )
+        .unwrap()
+        .fields()
         .unwrap()
     }
 
