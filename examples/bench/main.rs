@@ -1,16 +1,26 @@
-//! Throughput of the pipeline with Kafka taken out: generated events are decoded, rendered with
-//! a realistic template, batched, compressed and delivered by the real delivery worker to a
-//! real destination on 127.0.0.1, one sink at a time.
+//! The benchmark. First the pipeline with Kafka taken out: generated events are decoded,
+//! rendered with a realistic template, batched, compressed and delivered by the real delivery
+//! worker to a real destination on 127.0.0.1, one sink at a time. Then, with `--kafka` (the
+//! in-process cluster; keep it under ~20,000 events) or `--brokers HOST:PORT` (a real broker
+//! such as `../shared/tools/real-kafka`), end to end: the same events produced to a topic, read
+//! by a bare rdkafka consumer (the ceiling), then by the whole pipeline to a file sink; and the
+//! delay from Kafka timestamp to arrival at an HTTP endpoint at a moderate rate.
 //!
 //! ```sh
-//! cargo run --release --example bench -- [--events N] [--event-bytes B] [--sinks file,s3,http] [--park]
+//! cargo run --release --example bench -- [--events N] [--event-bytes B]
+//!     [--sinks file,s3,http|none] [--park] [--kafka | --brokers HOST:PORT]
+//!     [--latency-rate R] [--latency-seconds S] [--chart target/bench.svg]
 //! ```
 //!
-//! It prints events/s and MiB/s (of event JSON in) per sink, and the peak RSS. With `--park`
-//! it also measures the park: batches of 1000 rendered events written durably (each append
-//! flushed), then replayed in order to a file sink, each entry released with its receipt.
+//! It prints events/s and MiB/s (of event JSON in) per sink, the peak RSS of each phase (the
+//! high-water mark is reset between phases), and writes an SVG chart of events/s over each
+//! run. With `--park` it also measures the park: batches of 1000 rendered events written
+//! durably (each append flushed), then replayed in order to a file sink, each entry released
+//! with its receipt.
 
-use std::collections::BTreeMap;
+mod chart;
+mod kafka;
+
 use std::path::Path;
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
@@ -38,6 +48,11 @@ struct Args {
     event_bytes: usize,
     sinks: Vec<String>,
     park: bool,
+    kafka: bool,
+    brokers: Option<String>,
+    latency_rate: u64,
+    latency_seconds: u64,
+    chart: String,
 }
 
 fn args() -> Args {
@@ -46,6 +61,11 @@ fn args() -> Args {
         event_bytes: 500,
         sinks: vec!["file".into(), "s3".into(), "http".into()],
         park: false,
+        kafka: false,
+        brokers: None,
+        latency_rate: 5_000,
+        latency_seconds: 10,
+        chart: "target/bench.svg".into(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -54,9 +74,18 @@ fn args() -> Args {
         match argv[i].as_str() {
             "--events" => a.events = value.parse().expect("--events N"),
             "--event-bytes" => a.event_bytes = value.parse().expect("--event-bytes B"),
+            "--sinks" if value == "none" => a.sinks.clear(),
             "--sinks" => a.sinks = value.split(',').map(str::to_string).collect(),
-            "--park" => {
-                a.park = true;
+            "--brokers" => a.brokers = Some(value),
+            "--latency-rate" => a.latency_rate = value.parse().expect("--latency-rate R"),
+            "--latency-seconds" => a.latency_seconds = value.parse().expect("--latency-seconds S"),
+            "--chart" => a.chart = value,
+            flag @ ("--park" | "--kafka") => {
+                if flag == "--park" {
+                    a.park = true;
+                } else {
+                    a.kafka = true;
+                }
                 i += 1;
                 continue;
             }
@@ -67,19 +96,33 @@ fn args() -> Args {
     a
 }
 
-/// Generated events padded to about `bytes` each, as Kafka message values.
+/// Generated audit events padded to about `bytes` each: (key, Kafka message value).
+pub struct Padded {
+    g: Generator,
+    bytes: usize,
+}
+
+impl Padded {
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            g: Generator::new(7, 64),
+            bytes,
+        }
+    }
+
+    pub fn next_message(&mut self) -> (String, Bytes) {
+        let (key, mut e) = self.g.next_event();
+        let len = e.to_string().len();
+        if len + 12 < self.bytes {
+            e["metadata"]["note"] = "n".repeat(self.bytes - len - 12).into();
+        }
+        (key, Bytes::from(e.to_string()))
+    }
+}
+
 fn payloads(n: usize, bytes: usize) -> Vec<Bytes> {
-    let mut g = Generator::new(7, 64);
-    (0..n)
-        .map(|_| {
-            let (_, mut e) = g.next_event();
-            let len = e.to_string().len();
-            if len + 12 < bytes {
-                e["metadata"]["note"] = "n".repeat(bytes - len - 12).into();
-            }
-            Bytes::from(e.to_string())
-        })
-        .collect()
+    let mut g = Padded::new(bytes);
+    (0..n).map(|_| g.next_message().1).collect()
 }
 
 async fn http_receiver() -> String {
@@ -142,7 +185,7 @@ async fn sink_toml(kind: &str, dir: &Path) -> String {
 }
 
 /// Runs `payloads` through one sink; returns the elapsed time.
-async fn run_one(kind: &str, payloads: Arc<Vec<Bytes>>, dir: &Path) -> Duration {
+async fn run_one(kind: &str, payloads: Arc<Vec<Bytes>>, dir: &Path) -> (Duration, chart::Series) {
     let text = format!(
         "[kafka]\nbrokers = \"unused\"\ntopics = [\"bench\"]\n[[sinks]]\n{}",
         sink_toml(kind, dir).await
@@ -190,6 +233,7 @@ async fn run_one(kind: &str, payloads: Arc<Vec<Bytes>>, dir: &Path) -> Duration 
     drop(qqueue);
     let started = Instant::now();
     let handle = tokio::spawn(worker.run(events));
+    let sampler = tokio::spawn(sample(status.clone()));
     let total = payloads.len() as u64;
     // The feeder plays the source: decode, queue, stay within the in-flight bound.
     let feeder = std::thread::spawn(move || {
@@ -235,7 +279,31 @@ async fn run_one(kind: &str, payloads: Arc<Vec<Bytes>>, dir: &Path) -> Duration 
     handle.await.unwrap();
     assert_eq!(finished, total, "every event delivered");
     assert_eq!(status.delivered(), total);
-    took
+    sampler.abort();
+    let _ = sampler.await;
+    let points = SAMPLES
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default();
+    let label = format!("{kind}, no Kafka");
+    (took, chart::Series { label, points })
+}
+
+static SAMPLES: std::sync::Mutex<Vec<(f64, f64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Samples a sink's delivered count every 250 ms into `SAMPLES` as events/s.
+async fn sample(status: Arc<SinkStatus>) {
+    let started = Instant::now();
+    let (mut last_t, mut last_n) = (started, 0u64);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (now, n) = (Instant::now(), status.delivered());
+        let rate = (n - last_n) as f64 / (now - last_t).as_secs_f64();
+        if let Ok(mut v) = SAMPLES.lock() {
+            v.push(((now - started).as_secs_f64(), rate));
+        }
+        (last_t, last_n) = (now, n);
+    }
 }
 
 /// Park write (durable) and replay times for `payloads` as 1000-event batches.
@@ -295,53 +363,147 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Resets the peak RSS (VmHWM) to the current RSS, so the next phase measures its own.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn rate_line(what: &str, n: usize, bytes: usize, took: Duration) {
+    let secs = took.as_secs_f64().max(1e-9);
+    println!(
+        "{:<28} {:>10.0} {:>8.1} {:>8.2} {:>9.0}",
+        what,
+        n as f64 / secs,
+        bytes as f64 / 1048576.0 / secs,
+        secs,
+        peak_rss_mib()
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
-    let payloads = Arc::new(payloads(a.events, a.event_bytes));
-    let bytes: usize = payloads.iter().map(|p| p.len()).sum();
-    let mean = bytes / payloads.len().max(1);
+    let mean = a.event_bytes;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "auditstream bench: {} events of {mean} bytes ({:.1} MiB), pipeline without Kafka:",
+        "auditstream bench: {} events of about {mean} bytes; template {} bytes; {cores} cores\n",
         a.events,
-        bytes as f64 / 1048576.0
-    );
-    println!(
-        "decode, render ({} byte template), batch, compress, deliver to 127.0.0.1\n",
         TEMPLATE.len()
     );
     println!(
-        "{:<6} {:>12} {:>10} {:>9}",
-        "sink", "events/s", "MiB/s", "seconds"
+        "{:<28} {:>10} {:>8} {:>8} {:>9}",
+        "phase", "events/s", "MiB/s", "seconds", "peak RSS"
     );
-    let mut results = BTreeMap::new();
-    for kind in &a.sinks {
-        let dir = tempfile::tempdir().unwrap();
-        let took = run_one(kind, payloads.clone(), dir.path()).await;
-        let secs = took.as_secs_f64();
-        println!(
-            "{:<6} {:>12.0} {:>10.1} {:>9.2}",
-            kind,
-            a.events as f64 / secs,
-            bytes as f64 / 1048576.0 / secs,
-            secs
-        );
-        results.insert(kind.clone(), secs);
+    let mut series = Vec::new();
+    if !a.sinks.is_empty() {
+        let payloads = Arc::new(payloads(a.events, a.event_bytes));
+        let bytes: usize = payloads.iter().map(|p| p.len()).sum();
+        let mut total = Duration::ZERO;
+        for kind in &a.sinks {
+            let dir = tempfile::tempdir().unwrap();
+            reset_peak_rss();
+            let (took, s) = run_one(kind, payloads.clone(), dir.path()).await;
+            rate_line(&format!("{kind} (no Kafka)"), a.events, bytes, took);
+            series.push(s);
+            total += took;
+        }
+        if a.sinks.len() > 1 {
+            let n = a.events * a.sinks.len();
+            rate_line(
+                "all sinks, one after another",
+                n,
+                bytes * a.sinks.len(),
+                total,
+            );
+        }
+        if a.park {
+            let dir = tempfile::tempdir().unwrap();
+            reset_peak_rss();
+            let (write, replay) = park_bench(&payloads, dir.path()).await;
+            rate_line("park: written durably", a.events, bytes, write);
+            rate_line("park: replayed to a file", a.events, bytes, replay);
+        }
     }
-    if a.park {
-        let dir = tempfile::tempdir().unwrap();
-        let (write, replay) = park_bench(&payloads, dir.path()).await;
+    let embedded;
+    let brokers = match (&a.brokers, a.kafka) {
+        (Some(b), _) => Some(b.clone()),
+        (None, true) => {
+            embedded =
+                auditstream::embedded_kafka::EmbeddedKafka::start(1).expect("in-process Kafka");
+            Some(embedded.bootstrap_servers().to_string())
+        }
+        (None, false) => None,
+    };
+    if let Some(brokers) = brokers {
+        let topic = format!("bench-{}", std::process::id());
+        kafka::create_topic(&brokers, &topic, 4).await;
+        let started = Instant::now();
+        let producer = kafka::producer(&brokers);
+        tokio::task::block_in_place(|| kafka::produce(&producer, &topic, a.events, a.event_bytes));
+        drop(producer);
+        let bytes = a.events * a.event_bytes;
         println!(
-            "\npark: written durably {:.0} events/s, replayed to a file sink {:.0} events/s",
-            a.events as f64 / write.as_secs_f64(),
-            a.events as f64 / replay.as_secs_f64()
+            "{:<28} {:>10.0}",
+            "produced to the broker",
+            a.events as f64 / started.elapsed().as_secs_f64()
         );
+        reset_peak_rss();
+        let bare = tokio::task::block_in_place(|| kafka::bare_consume(&brokers, &topic, a.events));
+        rate_line("bare rdkafka consumer", a.events, bytes, bare);
+        let dir = tempfile::tempdir().unwrap();
+        let sink = format!(
+            "name = \"file\"\ntype = \"file\"\npath = \"{}\"\ntemplate = '{TEMPLATE}'\n",
+            dir.path().join("bench.jsonl").display()
+        );
+        reset_peak_rss();
+        let run = kafka::run_pipeline(
+            &brokers,
+            &topic,
+            &sink,
+            a.events as u64,
+            dir.path(),
+            "file, from Kafka",
+        )
+        .await;
+        rate_line("file, end to end from Kafka", a.events, bytes, run.took);
+        println!(
+            "{:<28} {:>9.0}%",
+            "  of the bare consumer",
+            100.0 * bare.as_secs_f64() / run.took.as_secs_f64().max(1e-9)
+        );
+        series.push(run.series);
+        if a.latency_rate > 0 {
+            let topic = format!("bench-latency-{}", std::process::id());
+            kafka::create_topic(&brokers, &topic, 4).await;
+            let dir = tempfile::tempdir().unwrap();
+            let d = kafka::latency(
+                &brokers,
+                &topic,
+                a.latency_rate,
+                a.latency_seconds,
+                dir.path(),
+            )
+            .await;
+            println!(
+                "\ndelay from Kafka timestamp to arrival (HTTP ndjson, default batching: max_age 1 s),\n{} events at {} events/s: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                d.len(),
+                a.latency_rate,
+                kafka::quantile(&d, 0.5),
+                kafka::quantile(&d, 0.99),
+                d.last().copied().unwrap_or(0.0)
+            );
+        }
     }
-    println!(
-        "\npeak RSS {:.0} MiB; {} cores",
-        peak_rss_mib(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    if !series.is_empty() {
+        let title = format!(
+            "auditstream bench: events/s over each run ({} events of {} bytes, {cores} cores)",
+            a.events, a.event_bytes
+        );
+        match std::fs::write(&a.chart, chart::svg(&title, &series)) {
+            Ok(()) => println!("\nchart: {}", a.chart),
+            Err(e) => println!("\ncannot write the chart to {}: {e}", a.chart),
+        }
+    }
 }
 
 #[global_allocator]

@@ -1,0 +1,253 @@
+//! The bench's Kafka part: the same events produced to a broker, read by a bare rdkafka
+//! consumer (the ceiling), then by the whole pipeline (`Pipeline`, as `auditstream run` builds
+//! it) to a file sink; and the delay from a message's Kafka timestamp to its arrival at an
+//! HTTP endpoint at a moderate, steady rate.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use auditstream::config::load::Locator;
+use auditstream::config::parse_str;
+use auditstream::pipeline::Pipeline;
+use auditstream::shutdown::{Shutdown, Stage};
+use auditstream::template::{sample, Templates};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::Message;
+
+use crate::chart::Series;
+
+/// A producer tuned for loading a topic quickly.
+pub fn producer(brokers: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create()
+        .expect("a producer")
+}
+
+/// Creates `topic` with `partitions` (the in-process cluster does it through its handle).
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("an admin client");
+    let topics = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1))];
+    let results = admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .expect("create_topics");
+    for r in results {
+        if let Err((name, e)) = r {
+            panic!("cannot create topic {name}: {e}");
+        }
+    }
+}
+
+/// Produces `n` events (generated, padded to about `bytes`), keyed by workspace.
+pub fn produce(p: &BaseProducer, topic: &str, n: usize, bytes: usize) {
+    let mut g = crate::Padded::new(bytes);
+    for _ in 0..n {
+        let (key, payload) = g.next_message();
+        auditstream::embedded_kafka::send(p, topic, None, Some(key.as_bytes()), Some(&payload))
+            .expect("produce");
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(120)).expect("flush");
+}
+
+/// Reads `n` messages from the start of `topic` with a plain consumer, copying each value
+/// out as the daemon does; returns the time taken.
+pub fn bare_consume(brokers: &str, topic: &str, n: usize) -> Duration {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-bare-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .expect("a consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    let mut seen = 0;
+    let mut started = None;
+    while seen < n {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                started.get_or_insert_with(Instant::now);
+                std::hint::black_box(m.payload().map(bytes::Bytes::copy_from_slice));
+                seen += 1;
+            }
+            Some(Err(e)) => panic!("bare consumer: {e}"),
+            None => {}
+        }
+    }
+    started.map_or(Duration::ZERO, |s| s.elapsed())
+}
+
+fn config(brokers: &str, topic: &str, sink: &str, dir: &Path) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-daemon-{topic}\"\ntopics = [\"{topic}\"]\n\
+         [kafka.properties]\n\"fetch.wait.max.ms\" = \"5\"\n\
+         [park]\npath = \"{park}\"\nexpired_dir = \"{expired}\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[sinks]]\n{sink}",
+        park = dir.join("park").display(),
+        expired = dir.join("expired").display(),
+    )
+}
+
+/// What one run of the pipeline from Kafka measured.
+pub struct Run {
+    /// From the first delivery to the last (the group's start-up is not counted).
+    pub took: Duration,
+    pub series: Series,
+}
+
+/// Runs the pipeline on `topic` until `n` events are delivered by its one sink, sampling
+/// events/s every 250 ms; then stops it gracefully.
+pub async fn run_pipeline(
+    brokers: &str,
+    topic: &str,
+    sink: &str,
+    n: u64,
+    dir: &Path,
+    label: &str,
+) -> Run {
+    let text = config(brokers, topic, sink, dir);
+    let config = parse_str(&text, "bench", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let templates = Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(&text))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let pipeline = Pipeline::build(config, templates).await.expect("pipeline");
+    let status = pipeline.status();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(pipeline.run(shutdown.clone()));
+    let sink = status.sinks[0].clone();
+    let mut points = Vec::new();
+    let mut first: Option<Instant> = None;
+    let (mut last_t, mut last_n) = (Instant::now(), 0u64);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = Instant::now();
+        let delivered = sink.delivered();
+        if delivered > 0 {
+            let start = *first.get_or_insert(last_t);
+            let rate = (delivered - last_n) as f64 / (now - last_t).as_secs_f64();
+            points.push(((now - start).as_secs_f64(), rate));
+        }
+        (last_t, last_n) = (now, delivered);
+        if delivered >= n {
+            break;
+        }
+        assert!(!running.is_finished(), "the pipeline stopped early");
+    }
+    let took = first.map_or(Duration::ZERO, |f| f.elapsed());
+    shutdown.request(Stage::Graceful);
+    running.await.expect("join").expect("the pipeline ran");
+    Run {
+        took,
+        series: Series {
+            label: label.to_string(),
+            points,
+        },
+    }
+}
+
+/// The delay from each message's Kafka timestamp to its arrival at an HTTP endpoint, at
+/// `rate` events/s for `seconds`; returns the sorted delays in milliseconds.
+pub async fn latency(brokers: &str, topic: &str, rate: u64, seconds: u64, dir: &Path) -> Vec<f64> {
+    let delays = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let app = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::post(
+                |axum::extract::State(d): axum::extract::State<Arc<Mutex<Vec<f64>>>>,
+                 body: String| async move {
+                    let now = chrono::Utc::now();
+                    let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
+                    for line in body.lines() {
+                        let ts = line
+                            .trim_start_matches("{\"ts\":\"")
+                            .trim_end_matches("\"}");
+                        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(ts) {
+                            d.push(
+                                (now - t.with_timezone(&chrono::Utc))
+                                    .num_microseconds()
+                                    .unwrap_or(0) as f64
+                                    / 1000.0,
+                            );
+                        }
+                    }
+                    "ok"
+                },
+            ),
+        )
+        .with_state(delays.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sink = format!(
+        "name = \"siem\"\ntype = \"http\"\nurl = \"http://{addr}/\"\nencoding = \"ndjson\"\ntemplate = '{{\"ts\":{{{{json _kafka.timestamp}}}}}}'\n"
+    );
+    let text = config(brokers, topic, &sink, dir);
+    let config = parse_str(&text, "bench", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let templates = Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(&text))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let pipeline = Pipeline::build(config, templates).await.expect("pipeline");
+    let status = pipeline.status();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(pipeline.run(shutdown.clone()));
+    while status.source.assigned() == 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let total = rate * seconds;
+    let brokers = brokers.to_string();
+    let topic = topic.to_string();
+    // Paced in steps of 10 ms, on a thread of its own.
+    tokio::task::spawn_blocking(move || {
+        let p = producer(&brokers);
+        let mut g = crate::Padded::new(500);
+        let started = Instant::now();
+        for i in 0..total {
+            let due = started + Duration::from_micros(i * 1_000_000 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let (key, payload) = g.next_message();
+            auditstream::embedded_kafka::send(
+                &p,
+                &topic,
+                None,
+                Some(key.as_bytes()),
+                Some(&payload),
+            )
+            .expect("produce");
+            p.poll(Duration::ZERO);
+        }
+        p.flush(Duration::from_secs(60)).expect("flush");
+    })
+    .await
+    .expect("producer");
+    while (delays.lock().unwrap_or_else(|e| e.into_inner()).len() as u64) < total {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!running.is_finished(), "the pipeline stopped early");
+    }
+    shutdown.request(Stage::Graceful);
+    running.await.expect("join").expect("the pipeline ran");
+    let mut d = delays.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    d.sort_by(f64::total_cmp);
+    d
+}
+
+/// The value at quantile `q` of sorted `v`.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
