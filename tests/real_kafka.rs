@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use auditstream::embedded_kafka::send;
 use auditstream::generate::Generator;
+use common::instances::{self, Ending};
 use common::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -40,6 +41,7 @@ async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
 #[test]
 #[ignore = "needs a real Kafka-protocol broker in AUDITSTREAM_TEST_BROKERS; .ci/run starts one and runs it"]
 fn twenty_thousand_events_through_a_real_broker_in_order_and_committed() {
+    let _serial = instances::serial();
     let brokers = brokers();
     let dir = tempfile::tempdir().unwrap();
     let topic = format!("e2e-{}", std::process::id());
@@ -91,5 +93,35 @@ fn twenty_thousand_events_through_a_real_broker_in_order_and_committed() {
     eprintln!(
         "real broker {brokers}: {n} events delivered and committed in {:.2}s (debug build, including start-up)",
         took.as_secs_f64()
+    );
+}
+
+// Several instances in one group against the real broker. They end with SIGTERM here, not
+// kill -9: Tansu 0.6.0's group coordinator does not rebalance after a member's session
+// expires (its heartbeat handler drops the silent member but leaves the group "formed" with
+// the same generation, so the survivors rejoin and get their old assignment back; a silent
+// leader stays the leader). The partitions of a killed instance would wait for it to come
+// back. Apache Kafka and librdkafka's mock cluster do rebalance, and `tests/instances.rs`
+// runs the same scenarios with kill -9 against the mock cluster in `cargo test`.
+
+#[test]
+#[ignore = "needs a real Kafka-protocol broker in AUDITSTREAM_TEST_BROKERS; .ci/run starts one and runs it"]
+fn three_instances_split_the_partitions_and_the_others_take_over_from_one_stopped() {
+    let brokers = brokers();
+    instances::three_instances_spread_and_take_over(
+        &brokers,
+        &|topic, partitions| create_topic(&brokers, topic, partitions),
+        Ending::Term,
+    );
+}
+
+#[test]
+#[ignore = "needs a real Kafka-protocol broker in AUDITSTREAM_TEST_BROKERS; .ci/run starts one and runs it"]
+fn a_stopped_instance_keeps_its_park_on_its_volume_and_drains_it_when_it_comes_back() {
+    let brokers = brokers();
+    instances::an_ended_instance_keeps_its_park_and_drains_it_when_it_comes_back(
+        &brokers,
+        &|topic, partitions| create_topic(&brokers, topic, partitions),
+        Ending::Term,
     );
 }

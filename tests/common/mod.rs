@@ -408,3 +408,5 @@ pub fn parse_seen(lines: &[String]) -> Vec<Seen> {
         })
         .collect()
 }
+
+pub mod instances;
