@@ -90,9 +90,12 @@ pub fn bare_consume(brokers: &str, topic: &str, n: usize) -> Duration {
     started.map_or(Duration::ZERO, |s| s.elapsed())
 }
 
-fn config(brokers: &str, topic: &str, sink: &str, dir: &Path) -> String {
+fn config(brokers: &str, topic: &str, sink: &str, in_flight: Option<u64>, dir: &Path) -> String {
+    let window = in_flight.map_or(String::new(), |n| {
+        format!("[pipeline]\nmax_in_flight_events = {n}\n")
+    });
     format!(
-        "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-daemon-{topic}\"\ntopics = [\"{topic}\"]\n\
+        "{window}[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-daemon-{topic}\"\ntopics = [\"{topic}\"]\n\
          [kafka.properties]\n\"fetch.wait.max.ms\" = \"5\"\n\
          [park]\npath = \"{park}\"\nexpired_dir = \"{expired}\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
@@ -116,10 +119,11 @@ pub async fn run_pipeline(
     topic: &str,
     sink: &str,
     n: u64,
+    in_flight: Option<u64>,
     dir: &Path,
     label: &str,
 ) -> Run {
-    let text = config(brokers, topic, sink, dir);
+    let text = config(brokers, topic, sink, in_flight, dir);
     let config = parse_str(&text, "bench", &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let templates = Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(&text))
         .unwrap_or_else(|e| panic!("{e:?}"));
@@ -194,7 +198,7 @@ pub async fn latency(brokers: &str, topic: &str, rate: u64, seconds: u64, dir: &
     let sink = format!(
         "name = \"siem\"\ntype = \"http\"\nurl = \"http://{addr}/\"\nencoding = \"ndjson\"\ntemplate = '{{\"ts\":{{{{json _kafka.timestamp}}}}}}'\n"
     );
-    let text = config(brokers, topic, &sink, dir);
+    let text = config(brokers, topic, &sink, None, dir);
     let config = parse_str(&text, "bench", &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let templates = Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(&text))
         .unwrap_or_else(|e| panic!("{e:?}"));

@@ -9,8 +9,13 @@
 //! ```sh
 //! cargo run --release --example bench -- [--events N] [--event-bytes B]
 //!     [--sinks file,s3,http|none] [--park] [--kafka | --brokers HOST:PORT]
-//!     [--latency-rate R] [--latency-seconds S] [--chart target/bench.svg]
+//!     [--latency-rate R] [--latency-seconds S] [--in-flight N] [--chart target/bench.svg]
 //! ```
+//!
+//! `--in-flight` sets `pipeline.max_in_flight_events` for the runs from Kafka (default: the
+//! daemon's). The broker of `../shared/tools/real-kafka` (Tansu 0.6) serves nothing more to a
+//! consumer whose partitions were paused and resumed, which the daemon does whenever its window
+//! fills; against it, give a window larger than `--events`.
 //!
 //! It prints events/s and MiB/s (of event JSON in) per sink, the peak RSS of each phase (the
 //! high-water mark is reset between phases), and writes an SVG chart of events/s over each
@@ -42,6 +47,8 @@ use bytes::Bytes;
 
 const TEMPLATE: &str = r#"{"time":{{json timestamp}},"user":{{json actor.id}},"user_type":"{{upper actor.type}}","action":{{json action}},"result":{{json (default outcome "unknown")}},"target":"{{entity.type}}:{{entity.id}}","src_ip":{{json (default metadata.ip null)}},"agent":{{json metadata.user_agent}},"request":{{json metadata.request_id}},"changes":{{json changes}},"kafka":"{{_kafka.topic}}/{{_kafka.partition}}@{{_kafka.offset}}"}"#;
 const IN_FLIGHT: u64 = 50_000;
+/// Distinct payloads generated up front; longer runs cycle through them.
+const POOL: usize = 200_000;
 
 struct Args {
     events: usize,
@@ -53,6 +60,7 @@ struct Args {
     latency_rate: u64,
     latency_seconds: u64,
     chart: String,
+    in_flight: Option<u64>,
 }
 
 fn args() -> Args {
@@ -66,6 +74,7 @@ fn args() -> Args {
         latency_rate: 5_000,
         latency_seconds: 10,
         chart: "target/bench.svg".into(),
+        in_flight: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -80,6 +89,7 @@ fn args() -> Args {
             "--latency-rate" => a.latency_rate = value.parse().expect("--latency-rate R"),
             "--latency-seconds" => a.latency_seconds = value.parse().expect("--latency-seconds S"),
             "--chart" => a.chart = value,
+            "--in-flight" => a.in_flight = Some(value.parse().expect("--in-flight N")),
             flag @ ("--park" | "--kafka") => {
                 if flag == "--park" {
                     a.park = true;
@@ -185,7 +195,14 @@ async fn sink_toml(kind: &str, dir: &Path) -> String {
 }
 
 /// Runs `payloads` through one sink; returns the elapsed time.
-async fn run_one(kind: &str, payloads: Arc<Vec<Bytes>>, dir: &Path) -> (Duration, chart::Series) {
+/// `events` messages are fed, cycling through `payloads` (a pool, so that a run of millions
+/// does not hold millions of payloads: the memory measured is the pipeline's).
+async fn run_one(
+    kind: &str,
+    payloads: Arc<Vec<Bytes>>,
+    count: usize,
+    dir: &Path,
+) -> (Duration, chart::Series) {
     let text = format!(
         "[kafka]\nbrokers = \"unused\"\ntopics = [\"bench\"]\n[[sinks]]\n{}",
         sink_toml(kind, dir).await
@@ -234,12 +251,12 @@ async fn run_one(kind: &str, payloads: Arc<Vec<Bytes>>, dir: &Path) -> (Duration
     let started = Instant::now();
     let handle = tokio::spawn(worker.run(events));
     let sampler = tokio::spawn(sample(status.clone()));
-    let total = payloads.len() as u64;
+    let total = count as u64;
     // The feeder plays the source: decode, queue, stay within the in-flight bound.
     let feeder = std::thread::spawn(move || {
         let topic: Arc<str> = "bench".into();
         let mut finished = 0u64;
-        for (i, p) in payloads.iter().enumerate() {
+        for (i, p) in payloads.iter().cycle().take(count).enumerate() {
             while i as u64 - finished >= IN_FLIGHT {
                 match reports.recv_timeout(Duration::from_millis(100)) {
                     Ok(r) => finished += r.offsets.len() as u64,
@@ -383,6 +400,12 @@ fn rate_line(what: &str, n: usize, bytes: usize, took: Duration) {
 #[tokio::main]
 async fn main() {
     let a = args();
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mean = a.event_bytes;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
@@ -396,13 +419,14 @@ async fn main() {
     );
     let mut series = Vec::new();
     if !a.sinks.is_empty() {
-        let payloads = Arc::new(payloads(a.events, a.event_bytes));
-        let bytes: usize = payloads.iter().map(|p| p.len()).sum();
+        let payloads = Arc::new(payloads(a.events.min(POOL), a.event_bytes));
+        let pool_bytes: usize = payloads.iter().map(|p| p.len()).sum();
+        let bytes = pool_bytes * a.events / payloads.len().max(1);
         let mut total = Duration::ZERO;
         for kind in &a.sinks {
             let dir = tempfile::tempdir().unwrap();
             reset_peak_rss();
-            let (took, s) = run_one(kind, payloads.clone(), dir.path()).await;
+            let (took, s) = run_one(kind, payloads.clone(), a.events, dir.path()).await;
             rate_line(&format!("{kind} (no Kafka)"), a.events, bytes, took);
             series.push(s);
             total += took;
@@ -420,8 +444,13 @@ async fn main() {
             let dir = tempfile::tempdir().unwrap();
             reset_peak_rss();
             let (write, replay) = park_bench(&payloads, dir.path()).await;
-            rate_line("park: written durably", a.events, bytes, write);
-            rate_line("park: replayed to a file", a.events, bytes, replay);
+            rate_line("park: written durably", payloads.len(), pool_bytes, write);
+            rate_line(
+                "park: replayed to a file",
+                payloads.len(),
+                pool_bytes,
+                replay,
+            );
         }
     }
     let embedded;
@@ -461,6 +490,7 @@ async fn main() {
             &topic,
             &sink,
             a.events as u64,
+            a.in_flight,
             dir.path(),
             "file, from Kafka",
         )
