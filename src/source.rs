@@ -248,9 +248,6 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("auto.offset.reset", "earliest");
     c.set("statistics.interval.ms", "5000");
-    // librdkafka prefetches up to 64 MiB by default, on top of auditstream's own window
-    // (`pipeline.max_in_flight_events`); 16 MiB keeps fetches large and memory small.
-    c.set("queued.max.messages.kbytes", "16384");
     for (k, v) in &kafka.properties {
         c.set(k, v.to_string());
     }

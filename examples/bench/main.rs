@@ -453,19 +453,31 @@ async fn main() {
             );
         }
     }
-    let embedded;
+    let mut embedded = None;
     let brokers = match (&a.brokers, a.kafka) {
         (Some(b), _) => Some(b.clone()),
         (None, true) => {
-            embedded =
-                auditstream::embedded_kafka::EmbeddedKafka::start(1).expect("in-process Kafka");
-            Some(embedded.bootstrap_servers().to_string())
+            let k = auditstream::embedded_kafka::EmbeddedKafka::start(1).expect("in-process Kafka");
+            let b = k.bootstrap_servers().to_string();
+            embedded = Some(k);
+            Some(b)
         }
         (None, false) => None,
     };
-    if let Some(brokers) = brokers {
+    // The in-process cluster makes topics through its handle, a real broker by request.
+    let create_topic = |topic: String| {
+        let brokers = brokers.clone().unwrap_or_default();
+        let embedded = &embedded;
+        async move {
+            match embedded {
+                Some(k) => k.create_topic(&topic, 4).expect("create topic"),
+                None => kafka::create_topic(&brokers, &topic, 4).await,
+            }
+        }
+    };
+    if let Some(brokers) = brokers.clone() {
         let topic = format!("bench-{}", std::process::id());
-        kafka::create_topic(&brokers, &topic, 4).await;
+        create_topic(topic.clone()).await;
         let started = Instant::now();
         let producer = kafka::producer(&brokers);
         tokio::task::block_in_place(|| kafka::produce(&producer, &topic, a.events, a.event_bytes));
@@ -504,7 +516,7 @@ async fn main() {
         series.push(run.series);
         if a.latency_rate > 0 {
             let topic = format!("bench-latency-{}", std::process::id());
-            kafka::create_topic(&brokers, &topic, 4).await;
+            create_topic(topic.clone()).await;
             let dir = tempfile::tempdir().unwrap();
             let d = kafka::latency(
                 &brokers,
