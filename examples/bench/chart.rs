@@ -13,8 +13,28 @@ const COLOURS: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
 ];
 
-/// An SVG line chart of `series` (x: seconds, y: events/s), with a legend and a title.
+/// Each point's rate averaged with the three before it: with samples every 250 ms, the rate
+/// over the last second (deliveries come a batch at a time, so single samples jump).
+fn smooth(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    (0..points.len())
+        .map(|i| {
+            let window = &points[i.saturating_sub(3)..=i];
+            let mean = window.iter().map(|p| p.1).sum::<f64>() / window.len() as f64;
+            (points[i].0, mean)
+        })
+        .collect()
+}
+
+/// An SVG line chart of `series` (x: seconds, y: events/s over the last second), with a
+/// legend and a title.
 pub fn svg(title: &str, series: &[Series]) -> String {
+    let series: Vec<Series> = series
+        .iter()
+        .map(|s| Series {
+            label: s.label.clone(),
+            points: smooth(&s.points),
+        })
+        .collect();
     let (w, h, left, bottom, top, right) = (760.0, 360.0, 70.0, 40.0, 40.0, 180.0);
     let max_x = series
         .iter()
@@ -85,7 +105,7 @@ pub fn svg(title: &str, series: &[Series]) -> String {
     }
     let _ = writeln!(
         out,
-        r#"<text x="14" y="{:.1}" transform="rotate(-90 14 {:.1})" text-anchor="middle">events/s</text>"#,
+        r#"<text x="14" y="{:.1}" transform="rotate(-90 14 {:.1})" text-anchor="middle">events/s (last second)</text>"#,
         top + ph / 2.0,
         top + ph / 2.0
     );
