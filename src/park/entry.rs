@@ -79,7 +79,8 @@ pub fn encode_records(batch: &Batch) -> Vec<u8> {
     out
 }
 
-/// Decodes records written by [`encode_records`] into the batch they came from.
+/// Decodes records written by [`encode_records`] into the batch they came from. Anything else
+/// (cut short, not UTF-8, bytes after the last record, not what the header counts) is reported.
 pub fn decode_records(seq: u64, header: &ParkedHeader, blob: &[u8]) -> Result<Batch, CorruptEntry> {
     let bad = |reason: &str| CorruptEntry {
         key: seq,
@@ -110,6 +111,9 @@ pub fn decode_records(seq: u64, header: &ParkedHeader, blob: &[u8]) -> Result<Ba
             .to_string();
         batch.push(Record { offset, body });
     }
+    if !rest.is_empty() {
+        return Err(bad("bytes after the last record"));
+    }
     if batch.len() as u64 != header.events || batch.bytes as u64 != header.bytes {
         return Err(bad("records do not match the header"));
     }
@@ -138,6 +142,19 @@ mod tests {
         b
     }
 
+    /// Found by the `park_codec` fuzz target: an empty batch followed by stray bytes decoded
+    /// as the empty batch, the bytes ignored.
+    #[test]
+    fn stray_bytes_after_an_empty_batch_are_reported() {
+        let b = batch(&[]);
+        let h = ParkedHeader::new(&b, None);
+        let blob = [0, 0, 0, 0, 0, 0, 0, 3, b'w', b's'];
+        let e = decode_records(4, &h, &blob).unwrap_err();
+        assert_eq!(e.key, 4);
+        assert_eq!(e.reason, "bytes after the last record");
+        assert_eq!(decode_records(4, &h, &blob[..4]).unwrap(), b);
+    }
+
     proptest! {
         #[test]
         fn records_round_trip(bodies in proptest::collection::vec("\\PC{0,40}", 1..30)) {
@@ -145,6 +162,15 @@ mod tests {
             let h = ParkedHeader::new(&b, Some("HTTP 503"));
             let back = decode_records(1, &h, &encode_records(&b)).unwrap();
             prop_assert_eq!(back, b);
+        }
+
+        #[test]
+        fn bytes_after_the_records_are_reported(bodies in proptest::collection::vec("\\PC{0,40}", 0..8), extra in proptest::collection::vec(any::<u8>(), 1..16)) {
+            let b = batch(&bodies);
+            let h = ParkedHeader::new(&b, None);
+            let mut blob = encode_records(&b);
+            blob.extend_from_slice(&extra);
+            prop_assert!(decode_records(1, &h, &blob).is_err());
         }
 
         #[test]
