@@ -410,12 +410,13 @@ pub fn sanitize_key_part(raw: &str) -> String {
     let mut out = String::new();
     for seg in raw.split(['/', '\\']) {
         let clean: String = seg.chars().filter(|c| !c.is_control()).collect();
-        let clean = clean.trim();
+        // Trimmed after the cut too, so a long segment does not end in a space; checked after
+        // both, as the cut can leave `..` and spaces.
+        let seg = truncate_bytes(clean.trim(), MAX_SEGMENT).trim_end();
         // `.auditstream` is where the sink keeps its own objects (the integrity digests).
-        if clean.is_empty() || clean == "." || clean == ".." || clean == ".auditstream" {
+        if seg.is_empty() || seg == "." || seg == ".." || seg == ".auditstream" {
             continue;
         }
-        let seg = truncate_bytes(clean, MAX_SEGMENT);
         if out.len() + seg.len() + 1 > MAX_KEY_PART {
             break;
         }
@@ -597,6 +598,16 @@ mod tests {
         let long = "é".repeat(400);
         let s = sanitize_key_part(&long);
         assert!(s.len() <= MAX_SEGMENT + 1, "{}", s.len());
+    }
+
+    /// Found by the `s3_key` fuzz target: a segment cut at 255 bytes kept the space before
+    /// the cut. Trimmed again after the cut, and checked again, as the cut can leave `..`.
+    #[test]
+    fn a_segment_cut_to_length_is_trimmed_and_checked_again() {
+        let spaced = format!("{} {}", "a".repeat(254), "b".repeat(10));
+        assert_eq!(sanitize_key_part(&spaced), format!("{}/", "a".repeat(254)));
+        let dots = format!("..{}x/y", " ".repeat(300));
+        assert_eq!(sanitize_key_part(&dots), "y/");
     }
 
     proptest! {
