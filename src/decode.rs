@@ -77,7 +77,8 @@ pub struct Rejected {
 ///
 /// The value is checked, not kept parsed: each sink parses it when it renders it (see
 /// [`Event`]). The check is serde_json's own syntax check plus the nesting limit its parser
-/// enforces, so what passes here parses there.
+/// enforces and its pairing of surrogate escapes, so what passes here parses there (but for a
+/// number beyond `f64`).
 pub fn decode(msg: RawMessage, max_bytes: usize) -> Result<Event, Box<Rejected>> {
     match check(&msg, max_bytes) {
         Ok(()) => Ok(Event {
@@ -112,6 +113,13 @@ fn check(msg: &RawMessage, max_bytes: usize) -> Result<(), Rejection> {
     if depth(payload) >= MAX_DEPTH {
         return Err(Rejection::TooDeep);
     }
+    // The syntax check does not pair surrogate escapes (`"\ud800"` alone passes it); the tree
+    // parser refuses a lone one. Where the text has a surrogate escape, the tree decides (and
+    // is dropped at once).
+    if has_surrogate_escape(payload) {
+        serde_json::from_str::<serde_json::Value>(text)
+            .map_err(|e| Rejection::NotJson(e.to_string()))?;
+    }
     match text.trim_start().as_bytes().first() {
         Some(b'{') => Ok(()),
         Some(b'[') => Err(Rejection::NotAnObject("array")),
@@ -120,6 +128,16 @@ fn check(msg: &RawMessage, max_bytes: usize) -> Result<(), Rejection> {
         Some(b'n') => Err(Rejection::NotAnObject("null")),
         _ => Err(Rejection::NotAnObject("number")),
     }
+}
+
+/// Whether the text has a `\uD800`-`\uDFFF` escape (or what looks like one).
+fn has_surrogate_escape(json: &[u8]) -> bool {
+    json.windows(4).any(|w| {
+        w[0] == b'\\'
+            && w[1] == b'u'
+            && matches!(w[2], b'd' | b'D')
+            && matches!(w[3], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+    })
 }
 
 /// The deepest nesting of arrays and objects in valid JSON text.
@@ -202,6 +220,24 @@ mod tests {
             &serde_json::from_str::<serde_json::Value>(&written).unwrap(),
             id
         );
+    }
+
+    /// Found by the `decode` fuzz target: a lone surrogate escape passed the syntax check, so
+    /// the event was accepted and then failed to parse in every sink.
+    #[test]
+    fn a_lone_surrogate_escape_is_not_json_and_a_pair_is_text() {
+        for lone in [
+            r#"{"a":"\ud800b"}"#,
+            r#"{"a":"\uDC00"}"#,
+            r#"{"a":"\ud800\u0041"}"#,
+        ] {
+            assert!(
+                matches!(reject(Some(lone.as_bytes())), Rejection::NotJson(_)),
+                "{lone}"
+            );
+        }
+        let pair = decode(msg(Some(br#"{"a":"\ud83d\ude00"}"#)), 1024).unwrap();
+        assert_eq!(pair.fields().unwrap()["a"], "\u{1f600}");
     }
 
     #[test]
