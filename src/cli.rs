@@ -74,7 +74,19 @@ pub async fn run(path: &Path) -> ExitCode {
         return ExitCode::from(FAILURE);
     }
     let result = match Pipeline::build(config, templates).await {
-        Ok(p) => p.run(shutdown).await,
+        Ok(p) => {
+            // After a failed park write (a full disk) the daemon restarts itself in place once
+            // there is room again (park/mod.rs, "A full disk"); this returns only if it cannot.
+            let store = p.store();
+            tokio::select! {
+                r = p.run(shutdown) => r,
+                e = store.restart_when_space_returns() => {
+                    tracing::error!(error = %e, "cannot restart in place after the park store failed");
+                    // Dropping the failed store could block forever.
+                    std::process::exit(FAILURE.into());
+                }
+            }
+        }
         Err(e) => Err(e),
     };
     match result {

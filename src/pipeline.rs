@@ -84,6 +84,11 @@ impl Pipeline {
     }
 
     /// The live status, for progress displays, the admin API and alerts.
+    /// The park store (for the restart after a full disk).
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
     pub fn status(&self) -> Arc<Status> {
         self.status.clone()
     }

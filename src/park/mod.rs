@@ -47,6 +47,22 @@
 //!
 //! sled locks its directory: while the daemon runs, another process cannot open the store
 //! and says so ([`StoreError::InUse`]).
+//!
+//! # A full disk
+//!
+//! sled 0.34 does not survive a failed log write (ENOSPC) in the same process: the failing
+//! flush returns the error, later flushes can wait forever for that write, and dropping the
+//! database then blocks forever too (seen on a full tmpfs: `TreeInner::drop` waiting in
+//! `make_stable`); a second open in the same process cannot take the directory's lock while the
+//! first one lives. So after the first sled I/O error the store is *failed*: every later call
+//! returns [`StoreError::Unwritable`] at once, without touching sled (no hang, no write), the
+//! intake holds its batch and offsets and says why, and [`Store::restart_when_space_returns`]
+//! waits until the park's filesystem has room again ([`RESTART_FREE_BYTES`]) and re-executes
+//! the daemon in place (same pid, same arguments, same log): the new process opens the store
+//! from disk as after a crash. What the failed writes had put in memory is gone with the old
+//! process, which is right: it was never acknowledged (the append returned an error, its
+//! offsets were not committed). Removals not yet flushed come back, so a batch may be delivered
+//! twice, never lost. A failed store is never dropped (it is leaked as the process ends).
 
 pub mod codec;
 pub mod entry;
@@ -57,7 +73,7 @@ pub mod records;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -81,8 +97,24 @@ pub enum StoreError {
     Corrupt(#[from] CorruptEntry),
     #[error("encoding an entry: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("the park store at {path} cannot be written ({why}); the daemon restarts itself once the disk has room")]
+    Unwritable { path: PathBuf, why: String },
     #[error("a release does not match entry {seq}: {why}")]
     WrongRelease { seq: u64, why: &'static str },
+}
+
+impl StoreError {
+    /// Whether the store cannot take writes now (a full disk, or a write that failed for
+    /// another I/O reason), rather than a problem with one entry.
+    pub fn is_unwritable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sled {
+                source: sled::Error::Io(_),
+                ..
+            } | StoreError::Unwritable { .. }
+        )
+    }
 }
 
 /// Persisted counts of one sink's park.
@@ -95,9 +127,12 @@ pub struct Counts {
 
 struct Inner {
     path: PathBuf,
-    db: sled::Db,
-    quarantine: sled::Tree,
-    counters: sled::Tree,
+    /// The database, and the trees looked up in it.
+    open: std::mem::ManuallyDrop<Open>,
+    /// A sled I/O error was seen: the store takes no more calls (see "A full disk").
+    failed: AtomicBool,
+    /// The error that failed it.
+    why: Mutex<String>,
     /// Bytes parked across all sinks (for `park.max_bytes`).
     total_bytes: AtomicU64,
     /// Each sink's counts, once its park is opened.
@@ -106,44 +141,82 @@ struct Inner {
     freed: tokio::sync::Notify,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.failed.load(Ordering::SeqCst) {
+            // SAFETY: dropped once, here, and never used again.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.open) }
+        }
+        // A failed sled database can block forever in its drop: it is left to the process's end.
+    }
+}
+
+/// One open sled database and the trees looked up in it.
+struct Open {
+    db: sled::Db,
+    trees: Mutex<HashMap<String, sled::Tree>>,
+}
+
 /// The sled database and its trees.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// Free space the park's filesystem needs before a failed store is opened again.
+pub const RESTART_FREE_BYTES: u64 = 4 * 1024 * 1024;
+
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(64 * 1024 * 1024)
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                StoreError::InUse {
+                    path: path.to_path_buf(),
+                }
+            }
+            other => StoreError::Sled {
+                path: path.to_path_buf(),
+                source: other,
+            },
+        })
+}
+
+/// Bytes an unprivileged writer can still use on the filesystem holding `path`.
+pub fn available_space(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: statvfs(3) with a NUL-terminated path and a zeroed struct we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 impl Store {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let sled_err = |source| StoreError::Sled {
-            path: path.to_path_buf(),
-            source,
-        };
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::InUse {
-                        path: path.to_path_buf(),
-                    }
-                }
-                other => sled_err(other),
-            })?;
-        let quarantine = db.open_tree("quarantine").map_err(sled_err)?;
-        let counters = db.open_tree("counters").map_err(sled_err)?;
-        Ok(Self {
+        let db = open_db(path)?;
+        let store = Self {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                db,
-                quarantine,
-                counters,
+                open: std::mem::ManuallyDrop::new(Open {
+                    db,
+                    trees: Mutex::new(HashMap::new()),
+                }),
+                failed: AtomicBool::new(false),
+                why: Mutex::new(String::new()),
                 total_bytes: AtomicU64::new(0),
                 parks: Mutex::new(HashMap::new()),
                 freed: tokio::sync::Notify::new(),
             }),
-        })
+        };
+        store.tree("quarantine")?;
+        store.tree("counters")?;
+        Ok(store)
     }
 
     pub fn path(&self) -> &Path {
@@ -151,15 +224,113 @@ impl Store {
     }
 
     fn sled_err(&self, source: sled::Error) -> StoreError {
+        if matches!(source, sled::Error::Io(_)) {
+            *self.inner.why.lock().unwrap_or_else(|p| p.into_inner()) = source.to_string();
+            if !self.inner.failed.swap(true, Ordering::SeqCst) {
+                tracing::error!(path = %self.inner.path.display(), error = %source, "the park store failed to write; it takes no more writes in this process, and the daemon restarts itself in place once the disk has room again");
+            }
+        }
         StoreError::Sled {
             path: self.inner.path.clone(),
             source,
         }
     }
 
+    /// Whether the store failed (see "A full disk").
+    pub fn failed(&self) -> bool {
+        self.inner.failed.load(Ordering::SeqCst)
+    }
+
+    /// The database, unless the store failed.
+    fn current(&self) -> Result<&Open, StoreError> {
+        if self.failed() {
+            return Err(StoreError::Unwritable {
+                path: self.inner.path.clone(),
+                why: self
+                    .inner
+                    .why
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            });
+        }
+        Ok(&self.inner.open)
+    }
+
+    /// Once the store has failed and the park's filesystem has [`RESTART_FREE_BYTES`] free
+    /// again, re-executes this process in place (see "A full disk"). Returns only if that
+    /// fails.
+    pub async fn restart_when_space_returns(&self) -> std::io::Error {
+        let dir = self.inner.path.clone();
+        let mut told = false;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if !self.failed() {
+                continue;
+            }
+            let free = available_space(&dir).unwrap_or(0);
+            if free < RESTART_FREE_BYTES {
+                if !told {
+                    told = true;
+                    tracing::error!(path = %dir.display(), free, needed = RESTART_FREE_BYTES, "waiting for room on the park's disk; the stream is held (Kafka keeps the data)");
+                }
+                continue;
+            }
+            tracing::warn!(path = %dir.display(), free, "the park's disk has room again: restarting in place to open the park store afresh (events not yet acknowledged are read again from Kafka)");
+            let exe = match std::env::current_exe() {
+                Ok(e) => e,
+                Err(e) => return e,
+            };
+            use std::os::unix::process::CommandExt;
+            return std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .exec();
+        }
+    }
+
+    /// Tree `name`.
+    fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        let [t] = self.trees([name])?;
+        Ok(t)
+    }
+
+    /// Several trees (for a transaction over them).
+    fn trees<const N: usize>(&self, names: [&str; N]) -> Result<[sled::Tree; N], StoreError> {
+        let open = self.current()?;
+        let mut cache = open.trees.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(N);
+        for name in names {
+            let t = match cache.get(name) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = open.db.open_tree(name).map_err(|e| self.sled_err(e))?;
+                    cache.insert(name.to_string(), t.clone());
+                    t
+                }
+            };
+            out.push(t);
+        }
+        Ok(out
+            .try_into()
+            .unwrap_or_else(|_: Vec<sled::Tree>| unreachable!("one tree per name")))
+    }
+
+    /// Sets the total of parked bytes from the parks' counts.
+    fn recount_total(&self) {
+        let total = self
+            .inner
+            .parks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|c| c.bytes())
+            .sum();
+        self.inner.total_bytes.store(total, Ordering::Relaxed);
+    }
+
     /// The next key: a big-endian sequence number, increasing across restarts.
     fn next_key(&self) -> Result<[u8; 8], StoreError> {
-        self.inner
+        self.current()?
             .db
             .generate_id()
             .map(u64::to_be_bytes)
@@ -167,13 +338,13 @@ impl Store {
     }
 
     fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
-        self.inner.db.open_tree(name).map_err(|e| self.sled_err(e))
+        self.tree(name)
     }
 
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.inner
-            .db
+        let open = self.current()?;
+        open.db
             .flush_async()
             .await
             .map(|_| ())
@@ -187,8 +358,10 @@ impl Store {
 
     /// The names of sinks that have a park in this store (from earlier runs too).
     pub fn sinks_with_parks(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .inner
+        let Ok(open) = self.current() else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = open
             .db
             .tree_names()
             .iter()

@@ -124,8 +124,7 @@ impl Store {
         for entry in entries {
             let key = self.next_key()?;
             let value = codec::encode(&serde_json::to_vec(entry)?);
-            self.inner
-                .quarantine
+            self.tree("quarantine")?
                 .insert(key, value)
                 .map_err(|e| self.sled_err(e))?;
         }
@@ -143,13 +142,17 @@ impl Store {
     /// Every quarantined entry, oldest first, with its sequence number.
     pub fn quarantine_entries(
         &self,
-    ) -> impl Iterator<Item = Result<(u64, QuarantineEntry), StoreError>> + '_ {
-        self.inner.quarantine.iter().map(move |kv| {
+    ) -> Box<dyn Iterator<Item = Result<(u64, QuarantineEntry), StoreError>> + '_> {
+        let tree = match self.tree("quarantine") {
+            Ok(t) => t,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        Box::new(tree.iter().map(move |kv| {
             let (k, v) = kv.map_err(|e| self.sled_err(e))?;
             let key = key_to_u64(&k);
             let payload = codec::decode(key, &v)?;
             Ok((key, serde_json::from_slice(payload)?))
-        })
+        }))
     }
 }
 

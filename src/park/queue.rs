@@ -63,13 +63,6 @@ impl ParkCounts {
         self.events.store(c.events, Ordering::Relaxed);
         self.bytes.store(c.bytes, Ordering::Relaxed);
     }
-    fn get(&self) -> Counts {
-        Counts {
-            entries: self.entries(),
-            events: self.events(),
-            bytes: self.bytes(),
-        }
-    }
 }
 
 /// The park of one sink.
@@ -77,8 +70,9 @@ impl ParkCounts {
 pub struct SinkPark {
     store: Store,
     name: Arc<str>,
-    meta: sled::Tree,
-    data: sled::Tree,
+    /// The names of its trees (looked up in the store's open database at each use).
+    meta: Arc<str>,
+    data: Arc<str>,
     counts: Arc<ParkCounts>,
 }
 
@@ -91,26 +85,32 @@ impl SinkPark {
     }
 
     pub(super) fn open(store: Store, name: &str) -> Result<Self, StoreError> {
-        let db = &store.inner.db;
-        let meta = db
-            .open_tree(format!("park:{name}:meta"))
-            .map_err(|e| store.sled_err(e))?;
-        let data = db
-            .open_tree(format!("park:{name}:data"))
-            .map_err(|e| store.sled_err(e))?;
         let counts = {
             let mut parks = store.inner.parks.lock().unwrap_or_else(|p| p.into_inner());
             parks.entry(name.to_string()).or_default().clone()
         };
-        let park = Self {
+        let park = Self::handle(store, name, counts);
+        park.check_counters()?;
+        park.store.recount_total();
+        Ok(park)
+    }
+
+    fn handle(store: Store, name: &str, counts: Arc<ParkCounts>) -> Self {
+        Self {
             store,
             name: name.into(),
-            meta,
-            data,
+            meta: format!("park:{name}:meta").into(),
+            data: format!("park:{name}:data").into(),
             counts,
-        };
-        park.check_counters()?;
-        Ok(park)
+        }
+    }
+
+    fn meta(&self) -> Result<sled::Tree, StoreError> {
+        self.store.tree(&self.meta)
+    }
+
+    fn data(&self) -> Result<sled::Tree, StoreError> {
+        self.store.tree(&self.data)
     }
 
     pub fn name(&self) -> &str {
@@ -141,7 +141,7 @@ impl SinkPark {
     fn check_counters(&self) -> Result<Counts, StoreError> {
         let mut scanned = Counts::default();
         let (mut oldest, mut newest) = (0, 0);
-        for kv in self.meta.iter() {
+        for kv in self.meta()?.iter() {
             let (k, v) = kv.map_err(|e| self.store.sled_err(e))?;
             let h = decode_header(key_to_u64(&k), &v)?;
             if scanned.entries == 0 {
@@ -156,22 +156,16 @@ impl SinkPark {
         if stored != scanned {
             tracing::warn!(sink = %self.name, ?stored, ?scanned, "park counters did not match the store (an interrupted write?); using the scanned values");
             self.store
-                .inner
-                .counters
+                .tree("counters")?
                 .insert(
                     self.name.as_bytes(),
                     codec::encode(&serde_json::to_vec(&scanned)?),
                 )
                 .map_err(|e| self.store.sled_err(e))?;
         }
-        let before = self.counts.get();
         self.counts.set(scanned);
         self.counts.oldest_ms.store(oldest, Ordering::Relaxed);
         self.counts.newest_ms.store(newest, Ordering::Relaxed);
-        self.store.inner.total_bytes.fetch_add(
-            scanned.bytes.saturating_sub(before.bytes),
-            Ordering::Relaxed,
-        );
         if scanned.entries > 0 {
             tracing::info!(sink = %self.name, entries = scanned.entries, events = scanned.events, bytes = scanned.bytes, "parked batches from an earlier run");
         }
@@ -181,8 +175,7 @@ impl SinkPark {
     fn persisted_counts(&self) -> Result<Counts, StoreError> {
         match self
             .store
-            .inner
-            .counters
+            .tree("counters")?
             .get(self.name.as_bytes())
             .map_err(|e| self.store.sled_err(e))?
         {
@@ -199,9 +192,9 @@ impl SinkPark {
         let meta_value = codec::encode(&serde_json::to_vec(&header)?);
         let data_value = codec::encode(&encode_records(batch));
         let name = self.name.as_bytes();
-        let counters = &self.store.inner.counters;
+        let [meta, data, counters] = self.store.trees([&self.meta, &self.data, "counters"])?;
         let (events, bytes) = (header.events, header.bytes);
-        let updated = (&self.meta, &self.data, counters)
+        let updated = (&meta, &data, &counters)
             .transaction(|(m, d, c)| {
                 m.insert(&key, meta_value.as_slice())?;
                 d.insert(&key, data_value.as_slice())?;
@@ -232,7 +225,7 @@ impl SinkPark {
 
     /// The oldest entry, read in full (records checked), without removing it.
     pub fn head(&self) -> Result<Option<Parked>, StoreError> {
-        let Some((k, v)) = self.meta.first().map_err(|e| self.store.sled_err(e))? else {
+        let Some((k, v)) = self.meta()?.first().map_err(|e| self.store.sled_err(e))? else {
             return Ok(None);
         };
         self.read(key_to_u64(&k), &v).map(Some)
@@ -240,7 +233,7 @@ impl SinkPark {
 
     /// The oldest `limit` entries' headers, for listings.
     pub fn headers(&self, limit: usize) -> Result<Vec<(u64, ParkedHeader)>, StoreError> {
-        self.meta
+        self.meta()?
             .iter()
             .take(limit)
             .map(|kv| {
@@ -253,7 +246,7 @@ impl SinkPark {
 
     /// The newest entry's header.
     pub fn newest(&self) -> Result<Option<(u64, ParkedHeader)>, StoreError> {
-        match self.meta.last().map_err(|e| self.store.sled_err(e))? {
+        match self.meta()?.last().map_err(|e| self.store.sled_err(e))? {
             Some((k, v)) => {
                 let seq = key_to_u64(&k);
                 Ok(Some((seq, decode_header(seq, &v)?)))
@@ -263,17 +256,20 @@ impl SinkPark {
     }
 
     /// Every entry in order, read in full, for exports and offline replays.
-    pub fn entries_iter(&self) -> impl Iterator<Item = Result<Parked, StoreError>> + '_ {
-        self.meta.iter().map(move |kv| {
-            let (k, v) = kv.map_err(|e| self.store.sled_err(e))?;
-            self.read(key_to_u64(&k), &v)
-        })
+    pub fn entries_iter(&self) -> Box<dyn Iterator<Item = Result<Parked, StoreError>> + '_> {
+        match self.meta() {
+            Ok(meta) => Box::new(meta.iter().map(move |kv| {
+                let (k, v) = kv.map_err(|e| self.store.sled_err(e))?;
+                self.read(key_to_u64(&k), &v)
+            })),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
     }
 
     fn read(&self, seq: u64, meta: &[u8]) -> Result<Parked, StoreError> {
         let header = decode_header(seq, meta)?;
         let data = self
-            .data
+            .data()?
             .get(seq.to_be_bytes())
             .map_err(|e| self.store.sled_err(e))?
             .ok_or_else(|| CorruptEntry {
@@ -286,14 +282,15 @@ impl SinkPark {
 
     /// The header of entry `seq`, when its records cannot be read (for exporting it).
     pub fn header_of(&self, seq: u64) -> Option<ParkedHeader> {
-        let v = self.meta.get(seq.to_be_bytes()).ok()??;
+        let v = self.meta().ok()?.get(seq.to_be_bytes()).ok()??;
         decode_header(seq, &v).ok()
     }
 
     /// Records a failed delivery attempt of entry `seq`.
     pub fn record_attempt(&self, seq: u64, error: &str) -> Result<(), StoreError> {
         let key = seq.to_be_bytes();
-        let Some(v) = self.meta.get(key).map_err(|e| self.store.sled_err(e))? else {
+        let meta = self.meta()?;
+        let Some(v) = meta.get(key).map_err(|e| self.store.sled_err(e))? else {
             return Ok(());
         };
         let mut h = decode_header(seq, &v)?;
@@ -302,8 +299,7 @@ impl SinkPark {
         h.last_attempt_at =
             Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         // Only if the entry is still there (a concurrent release may have removed it).
-        let _ = self
-            .meta
+        let _ = meta
             .compare_and_swap(key, Some(v), Some(codec::encode(&serde_json::to_vec(&h)?)))
             .map_err(|e| self.store.sled_err(e))?;
         Ok(())
@@ -325,8 +321,8 @@ impl SinkPark {
     fn remove(&self, seq: u64, events: u64, bytes: u64) -> Result<(), StoreError> {
         let key = seq.to_be_bytes();
         let name = self.name.as_bytes();
-        let counters = &self.store.inner.counters;
-        let result = (&self.meta, &self.data, counters)
+        let [meta, data, counters] = self.store.trees([&self.meta, &self.data, "counters"])?;
+        let result = (&meta, &data, &counters)
             .transaction(|(m, d, c)| {
                 if m.remove(&key)?.is_none() {
                     // Already released (an expiry and a delivery raced): nothing to count.
@@ -349,7 +345,7 @@ impl SinkPark {
                 Ordering::Relaxed,
                 |t| Some(t.saturating_sub(bytes)),
             );
-            let oldest = match self.meta.first() {
+            let oldest = match meta.first() {
                 Ok(Some((k, v))) => decode_header(key_to_u64(&k), &v)
                     .map(|h| h.parked_at_ms)
                     .unwrap_or(0),
@@ -377,7 +373,7 @@ impl SinkPark {
             found.events += p.header.events;
             found.bytes += p.header.bytes;
         }
-        let data_keys = self.data.iter().keys().count() as u64;
+        let data_keys = self.data()?.iter().keys().count() as u64;
         if data_keys != found.entries {
             return Err(CorruptEntry {
                 key: 0,

@@ -19,7 +19,7 @@ use super::{Store, StoreError};
 /// A FIFO of `T`, oldest first, keyed by sequence numbers that only grow.
 pub struct Fifo<T> {
     store: Store,
-    tree: sled::Tree,
+    tree: String,
     _values: PhantomData<fn() -> T>,
 }
 
@@ -37,7 +37,8 @@ impl<T: Serialize + DeserializeOwned> Fifo<T> {
     /// Appends a value; returns its sequence number.
     pub fn push(&self, value: &T) -> Result<u64, StoreError> {
         let key = self.store.next_key()?;
-        self.tree
+        self.store
+            .tree(&self.tree)?
             .insert(key, codec::encode(&serde_json::to_vec(value)?))
             .map_err(|e| self.store.sled_err(e))?;
         Ok(u64::from_be_bytes(key))
@@ -45,7 +46,12 @@ impl<T: Serialize + DeserializeOwned> Fifo<T> {
 
     /// The oldest value, with its sequence number.
     pub fn first(&self) -> Result<Option<(u64, T)>, StoreError> {
-        let Some((k, v)) = self.tree.first().map_err(|e| self.store.sled_err(e))? else {
+        let Some((k, v)) = self
+            .store
+            .tree(&self.tree)?
+            .first()
+            .map_err(|e| self.store.sled_err(e))?
+        else {
             return Ok(None);
         };
         let seq = key_to_u64(&k);
@@ -57,7 +63,8 @@ impl<T: Serialize + DeserializeOwned> Fifo<T> {
 
     /// Every value, oldest first, with its sequence number.
     pub fn all(&self) -> Result<Vec<(u64, T)>, StoreError> {
-        self.tree
+        self.store
+            .tree(&self.tree)?
             .iter()
             .map(|kv| {
                 let (k, v) = kv.map_err(|e| self.store.sled_err(e))?;
@@ -69,7 +76,8 @@ impl<T: Serialize + DeserializeOwned> Fifo<T> {
 
     /// Replaces the value at `seq`.
     pub fn update(&self, seq: u64, value: &T) -> Result<(), StoreError> {
-        self.tree
+        self.store
+            .tree(&self.tree)?
             .insert(
                 seq.to_be_bytes(),
                 codec::encode(&serde_json::to_vec(value)?),
@@ -80,7 +88,8 @@ impl<T: Serialize + DeserializeOwned> Fifo<T> {
 
     /// Removes the value at `seq`.
     pub fn remove(&self, seq: u64) -> Result<(), StoreError> {
-        self.tree
+        self.store
+            .tree(&self.tree)?
             .remove(seq.to_be_bytes())
             .map_err(|e| self.store.sled_err(e))?;
         Ok(())
@@ -90,7 +99,7 @@ impl<T: Serialize + DeserializeOwned> Fifo<T> {
 /// One `T` per name.
 pub struct Table<T> {
     store: Store,
-    tree: sled::Tree,
+    tree: String,
     _values: PhantomData<fn() -> T>,
 }
 
@@ -107,7 +116,8 @@ impl<T> Clone for Table<T> {
 impl<T: Serialize + DeserializeOwned> Table<T> {
     /// Every value, by name.
     pub fn all(&self) -> Result<HashMap<String, T>, StoreError> {
-        self.tree
+        self.store
+            .tree(&self.tree)?
             .iter()
             .map(|kv| {
                 let (k, v) = kv.map_err(|e| self.store.sled_err(e))?;
@@ -118,7 +128,8 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
     }
 
     pub fn put(&self, name: &str, value: &T) -> Result<(), StoreError> {
-        self.tree
+        self.store
+            .tree(&self.tree)?
             .insert(name.as_bytes(), codec::encode(&serde_json::to_vec(value)?))
             .map_err(|e| self.store.sled_err(e))?;
         Ok(())
@@ -130,7 +141,10 @@ impl Store {
     pub fn fifo<T>(&self, name: &str) -> Result<Fifo<T>, StoreError> {
         Ok(Fifo {
             store: self.clone(),
-            tree: self.open_tree(name)?,
+            tree: {
+                self.open_tree(name)?;
+                name.to_string()
+            },
             _values: PhantomData,
         })
     }
@@ -139,7 +153,10 @@ impl Store {
     pub fn table<T>(&self, name: &str) -> Result<Table<T>, StoreError> {
         Ok(Table {
             store: self.clone(),
-            tree: self.open_tree(name)?,
+            tree: {
+                self.open_tree(name)?;
+                name.to_string()
+            },
             _values: PhantomData,
         })
     }
