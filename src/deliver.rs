@@ -448,7 +448,8 @@ impl Running {
                     self.w.status.set_holding(Some(why));
                     failing = true;
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(30));
+                    // Often: a short wait, so the stream goes on soon after space returns.
+                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -619,6 +620,9 @@ impl Running {
             (self.w.limits.max_age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut trouble: Option<Trouble> = None;
         let mut next_sweep = Instant::now();
+        // The head delivered but not yet removed (the store could not be written): its removal
+        // is retried without sending it again and again.
+        let mut unreleased: Option<(u64, crate::sink::Receipt)> = None;
         loop {
             if Instant::now() >= next_sweep {
                 self.expire_old().await;
@@ -655,11 +659,29 @@ impl Running {
                     continue;
                 }
             };
+            if let Some((seq, receipt)) = unreleased.take() {
+                if seq == head.seq {
+                    if let Err(e) = self
+                        .w
+                        .park
+                        .release(&head, Release::Delivered(receipt.clone()))
+                    {
+                        unreleased = Some((seq, receipt));
+                        self.handle_store_error(e).await;
+                    }
+                    continue;
+                }
+            }
             match self.attempt(&head.batch).await {
                 Ok(receipt) => {
                     self.settle_receipt(&head.batch, &receipt).await;
                     self.delivered(&head.batch, &receipt, true);
-                    if let Err(e) = self.w.park.release(&head, Release::Delivered(receipt)) {
+                    if let Err(e) = self
+                        .w
+                        .park
+                        .release(&head, Release::Delivered(receipt.clone()))
+                    {
+                        unreleased = Some((head.seq, receipt));
                         self.handle_store_error(e).await;
                     }
                     trouble = None;
