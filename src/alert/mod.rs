@@ -242,7 +242,9 @@ pub async fn run(
     let renderer = message::Renderer::new(config.templates_dir.as_deref())?
         .with_admin(status.admin_addr.get().map(|a| format!("http://{a}")));
     let outbox = send::Outbox::open(&store)?;
-    let sender = send::Sender::new(&config)?;
+    let sender = Arc::new(send::Sender::new(&config)?);
+    // Alerts that could not be queued in the store, being sent from memory.
+    let mut unqueued = tokio::task::JoinSet::new();
     let settings = WatchSettings {
         reminder: config.reminder_interval.get(),
         recovery_hold: config.recovery_hold.get(),
@@ -252,7 +254,7 @@ pub async fn run(
     let mut watcher = Watcher::new(settings, outbox.load_states()?);
     // Aborted with this task: the sender holds the store.
     let sending =
-        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sender.run(outbox.clone())));
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sender.clone().run(outbox.clone())));
     tracing::info!(to = ?config.to, via = %send::describe(&config), "alerts enabled");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -266,11 +268,21 @@ pub async fn run(
         for alert in &alerts {
             let rendered = renderer.render(alert);
             tracing::warn!(sink = %alert.sink.name, subject = %rendered.subject, "alert");
-            if let Err(e) = outbox.push(&rendered) {
-                tracing::error!(error = %e, subject = %rendered.subject, "cannot queue an alert; it is tried again in a second");
-                failed = true;
+            match outbox.push(&rendered) {
+                Ok(_) => {}
+                Err(e) if e.is_unwritable() => {
+                    // The store cannot be written (a full disk, which is often what this
+                    // alert is about): the alert goes out from memory rather than never.
+                    tracing::error!(error = %e, subject = %rendered.subject, "cannot queue an alert in the park store; sending it from memory");
+                    unqueued.spawn(sender.clone().send_unqueued(rendered));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, subject = %rendered.subject, "cannot queue an alert; it is tried again in a second");
+                    failed = true;
+                }
             }
         }
+        while unqueued.try_join_next().is_some() {}
         if failed {
             // Forget this tick: the same alerts come up again at the next one.
             watcher = previous;

@@ -230,8 +230,33 @@ impl Sender {
         }
     }
 
+    /// Sends a message that could not be queued in the outbox (the park store cannot be
+    /// written: a full disk), straight from memory, retrying until it is sent. A restart
+    /// before then loses it.
+    pub async fn send_unqueued(self: Arc<Self>, message: Rendered) {
+        let mut pending = Pending {
+            message,
+            email_sent: false,
+            webhook_sent: false,
+        };
+        let mut wait = Duration::from_secs(1);
+        loop {
+            match self.send(&mut pending).await {
+                Ok(()) => {
+                    tracing::info!(subject = %pending.message.subject, "alert sent (from memory: the outbox could not be written)");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), subject = %pending.message.subject, retry_in = ?wait, "alert not sent yet; retrying (deliveries are not affected)");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(300));
+                }
+            }
+        }
+    }
+
     /// Sends queued messages, oldest first, forever.
-    pub async fn run(self, outbox: Outbox) {
+    pub async fn run(self: Arc<Self>, outbox: Outbox) {
         let mut wait = Duration::from_secs(1);
         loop {
             let next = match outbox.first() {
