@@ -43,6 +43,7 @@ pub mod pipeline;
 pub mod redact;
 pub mod shutdown;
 pub mod sink;
+pub mod soak;
 pub mod source;
 pub mod status;
 pub mod template;

@@ -109,6 +109,38 @@ enum Command {
         #[arg(long, default_value = "4s")]
         outage: String,
     },
+    /// A long run against a real Kafka-protocol broker with one sink flapping, sampled as it
+    /// goes (RSS, open fds, park on disk, lag) and judged at the end (README, "Reliability").
+    Soak {
+        /// The broker (e.g. from `../shared/tools/real-kafka start`); a fresh topic is made.
+        #[arg(long)]
+        brokers: String,
+        /// How long to produce, in minutes.
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Events per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// How often to print a row.
+        #[arg(long, default_value = "3m")]
+        report_every: String,
+        /// The flapping sink is down for this long at the end of every `--flap-every`.
+        #[arg(long, default_value = "2m")]
+        flap_down: String,
+        #[arg(long, default_value = "5m")]
+        flap_every: String,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// How long the final drain may take.
+        #[arg(long, default_value = "10m")]
+        drain_timeout: String,
+        /// How long after the drain the park's size on disk is taken again.
+        #[arg(long, default_value = "1m")]
+        settle: String,
+        /// Where the config, the daemon's log, the park and report.md go (emptied first).
+        #[arg(long, default_value = "target/soak")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -214,7 +246,7 @@ fn main() -> ExitCode {
     // The demo prints its own progress and summary (the quarantine and the outage included);
     // its logs show only errors.
     let default_level = match args.command {
-        Command::Demo { .. } => "error",
+        Command::Demo { .. } | Command::Soak { .. } => "error",
         _ => "info",
     };
     init_logging(args.log_format, default_level);
@@ -286,6 +318,64 @@ fn main() -> ExitCode {
             IntegrityAction::PublicKey { config } => cli::integrity_public_key(&config),
             IntegrityAction::GenerateKey => cli::integrity_generate_key(),
         },
+        Command::Soak {
+            brokers,
+            minutes,
+            rate,
+            report_every,
+            flap_down,
+            flap_every,
+            partitions,
+            drain_timeout,
+            settle,
+            dir,
+        } => {
+            let d = |name: &str, v: &str| {
+                v.parse::<auditstream::config::HumanDuration>()
+                    .map(|d| d.get())
+                    .map_err(|e| eprintln!("--{name}: {e}"))
+            };
+            match (
+                d("report-every", &report_every),
+                d("flap-down", &flap_down),
+                d("flap-every", &flap_every),
+                d("drain-timeout", &drain_timeout),
+                d("settle", &settle),
+            ) {
+                (
+                    Ok(report_every),
+                    Ok(flap_down),
+                    Ok(flap_every),
+                    Ok(drain_timeout),
+                    Ok(settle),
+                ) if flap_down < flap_every && minutes > 0.0 => {
+                    let opts = auditstream::soak::SoakOptions {
+                        brokers,
+                        duration: std::time::Duration::from_secs_f64(minutes * 60.0),
+                        rate,
+                        report_every,
+                        flap_every,
+                        flap_down,
+                        partitions,
+                        dir,
+                        drain_timeout,
+                        settle,
+                    };
+                    match runtime.block_on(auditstream::soak::run(opts)) {
+                        Ok(true) => ExitCode::from(cli::OK),
+                        Ok(false) => ExitCode::from(cli::FAILURE),
+                        Err(e) => {
+                            eprintln!("soak failed: {e:#}");
+                            ExitCode::from(cli::FAILURE)
+                        }
+                    }
+                }
+                _ => {
+                    eprintln!("--flap-down must be shorter than --flap-every, --minutes positive");
+                    ExitCode::from(cli::USAGE)
+                }
+            }
+        }
         Command::Demo {
             events,
             out,
