@@ -755,10 +755,14 @@ async fn a_slow_sink_spills_to_its_park_and_the_other_goes_on_at_full_speed() {
         archive.delivered() >= ids.len() as u64
     })
     .await;
+    // Without spilling, the archive could be at most the in-flight window (400) ahead of the
+    // SIEM: the window holds everything the SIEM has not finished. Further ahead, the SIEM's
+    // backlog left the window for its park. (Not a speed ratio: that depends on the machine.)
     let siem_then = siem.delivered();
     assert!(
-        siem_then < ids.len() as u64 / 2,
-        "the archive did not wait for the slow SIEM ({siem_then} at the SIEM by then)"
+        siem_then + 400 < ids.len() as u64,
+        "the archive did not get ahead of the slow SIEM by more than the window ({siem_then} of {} at the SIEM by then)",
+        ids.len()
     );
     assert!(
         siem.snapshot().parked_events > 0,
