@@ -335,30 +335,39 @@ mod tests {
     use crate::config::load::{parse_str, Locator};
     use crate::event::{Coords, RawMessage};
 
+    /// One stdout sink with `template`, compiled.
+    fn templates(template: &str) -> Templates {
+        let text = format!(
+            "[kafka]\nbrokers=\"b\"\ntopics=[\"t\"]\n[[sinks]]\nname=\"s\"\ntype=\"stdout\"\ntemplate='{template}'\n"
+        );
+        let config = parse_str(&text, "t", &|_| None).unwrap();
+        Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(&text)).unwrap()
+    }
+
+    /// `payload` decoded as the message at t/0@0.
+    fn event(payload: &'static str) -> Event {
+        let msg = RawMessage {
+            coords: Coords {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+            },
+            timestamp_ms: None,
+            key: None,
+            headers: vec![],
+            payload: Some(payload.into()),
+        };
+        crate::decode::decode(msg, 1024).unwrap()
+    }
+
     /// A rendered record waits in a batch until delivered, so its size is what memory pays:
     /// it must be about its text, not a render buffer (handlebars' own starts at 8 KiB).
     #[test]
     fn a_rendered_record_holds_about_its_own_size() {
-        let text = "[kafka]\nbrokers=\"b\"\ntopics=[\"t\"]\n[[sinks]]\nname=\"s\"\ntype=\"stdout\"\ntemplate='{\"user\":{{json actor.id}},\"action\":{{json action}}}'\n";
-        let config = parse_str(text, "t", &|_| None).unwrap();
-        let templates =
-            Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(text)).unwrap();
-        let event = crate::decode::decode(
-            RawMessage {
-                coords: Coords {
-                    topic: "t".into(),
-                    partition: 0,
-                    offset: 0,
-                },
-                timestamp_ms: None,
-                key: None,
-                headers: vec![],
-                payload: Some(r#"{"actor":{"id":"u-1"},"action":"login"}"#.into()),
-            },
-            1024,
-        )
-        .unwrap();
-        let body = templates.render(0, &event).unwrap();
+        let t = templates(r#"{"user":{{json actor.id}},"action":{{json action}}}"#);
+        let body = t
+            .render(0, &event(r#"{"actor":{"id":"u-1"},"action":"login"}"#))
+            .unwrap();
         assert_eq!(body, r#"{"user":"u-1","action":"login"}"#);
         assert!(
             body.capacity() <= 2 * body.len() + 64,
@@ -372,26 +381,11 @@ mod tests {
     /// event decodes, and each sink's render fails with the reason (the worker quarantines it).
     #[test]
     fn an_event_whose_tree_does_not_parse_fails_to_render_with_the_reason() {
-        let text = "[kafka]\nbrokers=\"b\"\ntopics=[\"t\"]\n[[sinks]]\nname=\"s\"\ntype=\"stdout\"\ntemplate='{{json action}}'\n";
-        let config = parse_str(text, "t", &|_| None).unwrap();
-        let templates =
-            Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(text)).unwrap();
-        let event = crate::decode::decode(
-            RawMessage {
-                coords: Coords {
-                    topic: "t".into(),
-                    partition: 0,
-                    offset: 0,
-                },
-                timestamp_ms: None,
-                key: None,
-                headers: vec![],
-                payload: Some(r#"{"action":1e400}"#.into()),
-            },
-            1024,
-        )
-        .unwrap();
-        let err = templates.render(0, &event).unwrap_err().to_string();
+        let t = templates("{{json action}}");
+        let err = t
+            .render(0, &event(r#"{"action":1e400}"#))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("number out of range"), "{err}");
     }
 }
