@@ -8,6 +8,11 @@
 //!               replayer: head of the park -> deliver -> release ◄─┘ (in order, one at a time)
 //! ```
 //!
+//! **Rendering** is most of a sink's CPU, so the events waiting in its queue are taken in
+//! chunks (up to [`RENDER_CHUNK`], whatever is ready), each chunk is rendered as a task (on
+//! any core), and the results are put back in queue order before batching. An event counts as
+//! queued until its chunk is rendered.
+//!
 //! **Intake.** While the sink's park is empty, each batch is delivered directly. A batch whose
 //! delivery fails is parked at once (durably), and so is every batch after it while the park
 //! holds anything: nothing overtakes, and the sink never holds up the source, so the other
