@@ -18,7 +18,7 @@ use serde_json::Value;
 
 #[path = "common/siem_readers.rs"]
 mod siem_readers;
-use siem_readers::{parse_cef, parse_leef};
+use siem_readers::{parse_cef, parse_leef, CEF_FIELDS, LEEF_FIELDS};
 
 const FORMATS: &[&str] = &[
     "ndjson",
@@ -220,17 +220,7 @@ fn cef_and_leef_read_back_to_the_input_values() {
         };
         assert_eq!(header[3], action);
         assert_eq!(header[4], action);
-        for (key, field) in [
-            ("externalId", "id"),
-            ("act", "action"),
-            ("outcome", "outcome"),
-            ("suid", "actor.id"),
-            ("suser", "actor.name"),
-            ("src", "metadata.ip"),
-            ("requestClientApplication", "metadata.user_agent"),
-            ("cs1", "workspace"),
-            ("cs4", "metadata.request_id"),
-        ] {
+        for &(key, field) in CEF_FIELDS {
             assert_eq!(ext[key], text(get(input, field)), "cef {key} of event {i}");
         }
         let changes: Value = serde_json::from_str(&ext["cs5"]).unwrap();
@@ -239,16 +229,7 @@ fn cef_and_leef_read_back_to_the_input_values() {
 
         let (header, attrs) = parse_leef(&out["leef"][i]);
         assert_eq!(header[3], action);
-        for (key, field) in [
-            ("eventId", "id"),
-            ("cat", "action"),
-            ("accountName", "actor.id"),
-            ("usrName", "actor.name"),
-            ("src", "metadata.ip"),
-            ("userAgent", "metadata.user_agent"),
-            ("requestId", "metadata.request_id"),
-            ("workspace", "workspace"),
-        ] {
+        for &(key, field) in LEEF_FIELDS {
             assert_eq!(
                 attrs[key],
                 text(get(input, field)),

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use auditstream::config::load::Locator;
 use auditstream::config::parse_str;
 use auditstream::template::{sample, Templates};
-use auditstream_fuzz::siem_readers::{parse_cef, parse_leef};
+use auditstream_fuzz::siem_readers::{parse_cef, parse_leef, CEF_FIELDS, LEEF_FIELDS};
 use auditstream_fuzz::{event_from, get, text, without_kafka};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -148,18 +148,7 @@ fuzz_target!(|data: &[u8]| {
     let (header, ext) = parse_cef(out("cef"));
     assert_eq!(header[3], action);
     assert_eq!(header[4], action);
-    for (key, field) in [
-        ("externalId", "id"),
-        ("act", "action"),
-        ("outcome", "outcome"),
-        ("suid", "actor.id"),
-        ("suser", "actor.name"),
-        ("src", "metadata.ip"),
-        ("requestClientApplication", "metadata.user_agent"),
-        ("cs1", "workspace"),
-        ("cs2", "actor.type"),
-        ("cs4", "metadata.request_id"),
-    ] {
+    for &(key, field) in CEF_FIELDS {
         assert_eq!(ext[key], text(get(&input, field)), "cef {key}");
     }
     let changes: Value = serde_json::from_str(&ext["cs5"]).expect("cs5 is JSON");
@@ -169,18 +158,7 @@ fuzz_target!(|data: &[u8]| {
     // LEEF.
     let (header, attrs) = parse_leef(out("leef"));
     assert_eq!(header[3], action);
-    for (key, field) in [
-        ("eventId", "id"),
-        ("cat", "action"),
-        ("outcome", "outcome"),
-        ("accountName", "actor.id"),
-        ("usrName", "actor.name"),
-        ("actorType", "actor.type"),
-        ("src", "metadata.ip"),
-        ("userAgent", "metadata.user_agent"),
-        ("requestId", "metadata.request_id"),
-        ("workspace", "workspace"),
-    ] {
+    for &(key, field) in LEEF_FIELDS {
         assert_eq!(attrs[key], text(get(&input, field)), "leef {key}");
     }
     let changes: Value = serde_json::from_str(&attrs["changes"]).expect("changes is JSON");

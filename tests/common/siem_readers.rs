@@ -6,6 +6,34 @@
 
 use std::collections::BTreeMap;
 
+/// The CEF extensions that carry one event field as text: (extension key, event field path).
+pub const CEF_FIELDS: &[(&str, &str)] = &[
+    ("externalId", "id"),
+    ("act", "action"),
+    ("outcome", "outcome"),
+    ("suid", "actor.id"),
+    ("suser", "actor.name"),
+    ("src", "metadata.ip"),
+    ("requestClientApplication", "metadata.user_agent"),
+    ("cs1", "workspace"),
+    ("cs2", "actor.type"),
+    ("cs4", "metadata.request_id"),
+];
+
+/// The LEEF attributes that carry one event field as text: (attribute, event field path).
+pub const LEEF_FIELDS: &[(&str, &str)] = &[
+    ("eventId", "id"),
+    ("cat", "action"),
+    ("outcome", "outcome"),
+    ("accountName", "actor.id"),
+    ("usrName", "actor.name"),
+    ("actorType", "actor.type"),
+    ("src", "metadata.ip"),
+    ("userAgent", "metadata.user_agent"),
+    ("requestId", "metadata.request_id"),
+    ("workspace", "workspace"),
+];
+
 /// Splits on `sep` where it is not escaped by a backslash; keeps the escapes.
 fn split_unescaped(s: &str, sep: char, max: usize) -> Vec<String> {
     let mut parts = vec![String::new()];
