@@ -18,8 +18,10 @@
 //! fills; against it, give a window larger than `--events`.
 //!
 //! It prints events/s and MiB/s (of event JSON in) per sink, the peak RSS of each phase (the
-//! high-water mark is reset between phases), and writes an SVG chart of events/s over each
-//! run. With `--park` it also measures the park: batches of 1000 rendered events written
+//! high-water mark is reset between phases), the CPU time the process used per event (all
+//! threads, in-process destination servers and librdkafka included: on a machine shared with
+//! other work, `cores / (µs per event)` is the rate idle cores would give), and writes an SVG
+//! chart of events/s over each run. With `--park` it also measures the park: batches of 1000 rendered events written
 //! durably (each append flushed), then replayed in order to a file sink, each entry released
 //! with its receipt.
 
@@ -380,20 +382,44 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Resets the peak RSS (VmHWM) to the current RSS, so the next phase measures its own.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+/// CPU time (user and system, all threads) this process has used, in microseconds.
+fn cpu_micros() -> u64 {
+    // SAFETY: getrusage(2) fills the zeroed struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
+    }
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    micros(ru.ru_utime) + micros(ru.ru_stime)
 }
 
-fn rate_line(what: &str, n: usize, bytes: usize, took: Duration) {
+/// The CPU time used when the current phase started.
+static PHASE_CPU: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Starts a phase: resets the peak RSS (VmHWM) to the current RSS, so the phase measures its
+/// own, and notes the CPU time used so far.
+fn start_phase() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    PHASE_CPU.store(cpu_micros(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// CPU µs per event since the phase started: what the rate would be on idle cores is
+/// `cores / (µs per event)`, whatever else ran on the machine.
+fn phase_cpu_per_event(n: usize) -> Option<f64> {
+    let used = cpu_micros().saturating_sub(PHASE_CPU.load(std::sync::atomic::Ordering::Relaxed));
+    Some(used as f64 / n.max(1) as f64)
+}
+
+fn rate_line(what: &str, n: usize, bytes: usize, took: Duration, cpu: Option<f64>) {
     let secs = took.as_secs_f64().max(1e-9);
     println!(
-        "{:<28} {:>10.0} {:>8.1} {:>8.2} {:>9.0}",
+        "{:<28} {:>10.0} {:>8.1} {:>8.2} {:>9.0} {:>10}",
         what,
         n as f64 / secs,
         bytes as f64 / 1048576.0 / secs,
         secs,
-        peak_rss_mib()
+        peak_rss_mib(),
+        cpu.map_or(String::new(), |c| format!("{c:.1}"))
     );
 }
 
@@ -414,8 +440,8 @@ async fn main() {
         TEMPLATE.len()
     );
     println!(
-        "{:<28} {:>10} {:>8} {:>8} {:>9}",
-        "phase", "events/s", "MiB/s", "seconds", "peak RSS"
+        "{:<28} {:>10} {:>8} {:>8} {:>9} {:>10}",
+        "phase", "events/s", "MiB/s", "seconds", "peak RSS", "CPU µs/ev"
     );
     let mut series = Vec::new();
     if !a.sinks.is_empty() {
@@ -425,9 +451,10 @@ async fn main() {
         let mut total = Duration::ZERO;
         for kind in &a.sinks {
             let dir = tempfile::tempdir().unwrap();
-            reset_peak_rss();
+            start_phase();
             let (took, s) = run_one(kind, payloads.clone(), a.events, dir.path()).await;
-            rate_line(&format!("{kind} (no Kafka)"), a.events, bytes, took);
+            let cpu = phase_cpu_per_event(a.events);
+            rate_line(&format!("{kind} (no Kafka)"), a.events, bytes, took, cpu);
             series.push(s);
             total += took;
         }
@@ -438,18 +465,26 @@ async fn main() {
                 n,
                 bytes * a.sinks.len(),
                 total,
+                None,
             );
         }
         if a.park {
             let dir = tempfile::tempdir().unwrap();
-            reset_peak_rss();
+            start_phase();
             let (write, replay) = park_bench(&payloads, dir.path()).await;
-            rate_line("park: written durably", payloads.len(), pool_bytes, write);
+            rate_line(
+                "park: written durably",
+                payloads.len(),
+                pool_bytes,
+                write,
+                None,
+            );
             rate_line(
                 "park: replayed to a file",
                 payloads.len(),
                 pool_bytes,
                 replay,
+                None,
             );
         }
     }
@@ -488,15 +523,16 @@ async fn main() {
             "produced to the broker",
             a.events as f64 / started.elapsed().as_secs_f64()
         );
-        reset_peak_rss();
+        start_phase();
         let bare = tokio::task::block_in_place(|| kafka::bare_consume(&brokers, &topic, a.events));
-        rate_line("bare rdkafka consumer", a.events, bytes, bare);
+        let cpu = phase_cpu_per_event(a.events);
+        rate_line("bare rdkafka consumer", a.events, bytes, bare, cpu);
         let dir = tempfile::tempdir().unwrap();
         let sink = format!(
             "name = \"file\"\ntype = \"file\"\npath = \"{}\"\ntemplate = '{TEMPLATE}'\n",
             dir.path().join("bench.jsonl").display()
         );
-        reset_peak_rss();
+        start_phase();
         let run = kafka::run_pipeline(
             &brokers,
             &topic,
@@ -507,7 +543,14 @@ async fn main() {
             "file, from Kafka",
         )
         .await;
-        rate_line("file, end to end from Kafka", a.events, bytes, run.took);
+        let cpu = phase_cpu_per_event(a.events);
+        rate_line(
+            "file, end to end from Kafka",
+            a.events,
+            bytes,
+            run.took,
+            cpu,
+        );
         println!(
             "{:<28} {:>9.0}%",
             "  of the bare consumer",
