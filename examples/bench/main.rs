@@ -13,8 +13,7 @@
 //! ```
 //!
 //! `--in-flight` sets `pipeline.max_in_flight_events` for the runs from Kafka (default: the
-//! daemon's) and the window of the runs without Kafka (default: the daemon's default, 50,000).
-//! The broker of `../shared/tools/real-kafka` (Tansu 0.6) serves nothing more to a
+//! daemon's). The broker of `../shared/tools/real-kafka` (Tansu 0.6) serves nothing more to a
 //! consumer whose partitions were paused and resumed, which the daemon does whenever its window
 //! fills; against it, give a window larger than `--events`.
 //!
@@ -49,8 +48,6 @@ use auditstream::template::{sample, Templates};
 use bytes::Bytes;
 
 const TEMPLATE: &str = r#"{"time":{{json timestamp}},"user":{{json actor.id}},"user_type":"{{upper actor.type}}","action":{{json action}},"result":{{json (default outcome "unknown")}},"target":"{{entity.type}}:{{entity.id}}","src_ip":{{json (default metadata.ip null)}},"agent":{{json metadata.user_agent}},"request":{{json metadata.request_id}},"changes":{{json changes}},"kafka":"{{_kafka.topic}}/{{_kafka.partition}}@{{_kafka.offset}}"}"#;
-/// The window of the runs without Kafka unless `--in-flight` says otherwise: the daemon's
-/// default `pipeline.max_in_flight_events`.
 const IN_FLIGHT: u64 = 50_000;
 /// Distinct payloads generated up front; longer runs cycle through them.
 const POOL: usize = 200_000;
@@ -206,7 +203,6 @@ async fn run_one(
     kind: &str,
     payloads: Arc<Vec<Bytes>>,
     count: usize,
-    window: u64,
     dir: &Path,
 ) -> (Duration, chart::Series) {
     let text = format!(
@@ -263,7 +259,7 @@ async fn run_one(
         let topic: Arc<str> = "bench".into();
         let mut finished = 0u64;
         for (i, p) in payloads.iter().cycle().take(count).enumerate() {
-            while i as u64 - finished >= window {
+            while i as u64 - finished >= IN_FLIGHT {
                 match reports.recv_timeout(Duration::from_millis(100)) {
                     Ok(r) => finished += r.offsets.len() as u64,
                     Err(RecvTimeoutError::Timeout) => {}
@@ -459,14 +455,7 @@ async fn main() {
         for kind in &a.sinks {
             let dir = tempfile::tempdir().unwrap();
             start_phase();
-            let (took, s) = run_one(
-                kind,
-                payloads.clone(),
-                a.events,
-                a.in_flight.unwrap_or(IN_FLIGHT),
-                dir.path(),
-            )
-            .await;
+            let (took, s) = run_one(kind, payloads.clone(), a.events, dir.path()).await;
             let cpu = phase_cpu_per_event(a.events);
             rate_line(&format!("{kind} (no Kafka)"), a.events, bytes, took, cpu);
             if kind == "file" {
