@@ -155,8 +155,8 @@ impl SinkPark {
         let stored = self.persisted_counts()?;
         if stored != scanned {
             tracing::warn!(sink = %self.name, ?stored, ?scanned, "park counters did not match the store (an interrupted write?); using the scanned values");
-            self.store
-                .tree("counters")?
+            let w = self.store.writing()?;
+            w.tree("counters")?
                 .insert(
                     self.name.as_bytes(),
                     codec::encode(&serde_json::to_vec(&scanned)?),
@@ -188,24 +188,8 @@ impl SinkPark {
     /// the batch is durable and its offsets may be committed. Returns its sequence number.
     pub async fn append(&self, batch: &Batch, error: Option<&str>) -> Result<u64, StoreError> {
         let header = ParkedHeader::new(batch, error);
-        let key = self.store.next_key()?;
-        let meta_value = codec::encode(&serde_json::to_vec(&header)?);
-        let data_value = codec::encode(&encode_records(batch));
-        let name = self.name.as_bytes();
-        let [meta, data, counters] = self.store.trees([&self.meta, &self.data, "counters"])?;
-        let (events, bytes) = (header.events, header.bytes);
-        let updated = (&meta, &data, &counters)
-            .transaction(|(m, d, c)| {
-                m.insert(&key, meta_value.as_slice())?;
-                d.insert(&key, data_value.as_slice())?;
-                let mut n = read_counts(c.get(name)?)?;
-                n.entries += 1;
-                n.events += events;
-                n.bytes += bytes;
-                c.insert(name, write_counts(&n)?)?;
-                Ok(n)
-            })
-            .map_err(|e| self.tx_err(e))?;
+        let (key, updated) = self.insert(&header, batch)?;
+        // The flush reaches whichever generation is live by now (see "Compaction").
         self.store.flush().await?;
         if self.counts.entries() == 0 {
             self.counts
@@ -219,8 +203,33 @@ impl SinkPark {
         self.store
             .inner
             .total_bytes
-            .fetch_add(bytes, Ordering::Relaxed);
-        Ok(key_to_u64(&key))
+            .fetch_add(header.bytes, Ordering::Relaxed);
+        Ok(key)
+    }
+
+    /// An append's transaction: the entry and its counters, with a new sequence number, in the
+    /// generation held for it. Returns the number and the sink's counts after it.
+    fn insert(&self, header: &ParkedHeader, batch: &Batch) -> Result<(u64, Counts), StoreError> {
+        let meta_value = codec::encode(&serde_json::to_vec(header)?);
+        let data_value = codec::encode(&encode_records(batch));
+        let name = self.name.as_bytes();
+        let (events, bytes) = (header.events, header.bytes);
+        let w = self.store.writing()?;
+        let key = w.next_key()?;
+        let [meta, data, counters] = w.trees([&self.meta, &self.data, "counters"])?;
+        let updated = (&meta, &data, &counters)
+            .transaction(|(m, d, c)| {
+                m.insert(&key, meta_value.as_slice())?;
+                d.insert(&key, data_value.as_slice())?;
+                let mut n = read_counts(c.get(name)?)?;
+                n.entries += 1;
+                n.events += events;
+                n.bytes += bytes;
+                c.insert(name, write_counts(&n)?)?;
+                Ok(n)
+            })
+            .map_err(|e| self.tx_err(e))?;
+        Ok((key_to_u64(&key), updated))
     }
 
     /// The oldest entry, read in full (records checked), without removing it.
@@ -289,7 +298,8 @@ impl SinkPark {
     /// Records a failed delivery attempt of entry `seq`.
     pub fn record_attempt(&self, seq: u64, error: &str) -> Result<(), StoreError> {
         let key = seq.to_be_bytes();
-        let meta = self.meta()?;
+        let w = self.store.writing()?;
+        let meta = w.tree(&self.meta)?;
         let Some(v) = meta.get(key).map_err(|e| self.store.sled_err(e))? else {
             return Ok(());
         };
@@ -321,7 +331,8 @@ impl SinkPark {
     fn remove(&self, seq: u64, events: u64, bytes: u64) -> Result<(), StoreError> {
         let key = seq.to_be_bytes();
         let name = self.name.as_bytes();
-        let [meta, data, counters] = self.store.trees([&self.meta, &self.data, "counters"])?;
+        let w = self.store.writing()?;
+        let [meta, data, counters] = w.trees([&self.meta, &self.data, "counters"])?;
         let result = (&meta, &data, &counters)
             .transaction(|(m, d, c)| {
                 if m.remove(&key)?.is_none() {
@@ -352,6 +363,10 @@ impl SinkPark {
                 _ => 0,
             };
             self.counts.oldest_ms.store(oldest, Ordering::Relaxed);
+            drop((meta, w));
+            if n.entries == 0 {
+                self.store.drained();
+            }
         }
         Ok(())
     }
