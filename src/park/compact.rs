@@ -566,12 +566,26 @@ impl Store {
         if on_disk <= threshold || !self.parks_empty() || self.failed() {
             return;
         }
-        tracing::info!(
-            on_disk_mib = format!("{:.1}", mib(on_disk)),
-            threshold_mib = format!("{:.1}", mib(threshold)),
-            "every park is empty: compacting the park store"
-        );
-        if let Err(e) = self.compact() {
+        let needed = on_disk + HEADROOM;
+        let free = super::available_space(self.path()).unwrap_or(0);
+        let compacted = if free < needed {
+            Err(StoreError::NotCompacted {
+                path: self.path().to_path_buf(),
+                why: format!(
+                    "{:.1} MiB free on its disk, a compaction needs {:.1} MiB",
+                    mib(free),
+                    mib(needed)
+                ),
+            })
+        } else {
+            tracing::info!(
+                on_disk_mib = format!("{:.1}", mib(on_disk)),
+                threshold_mib = format!("{:.1}", mib(threshold)),
+                "every park is empty: compacting the park store"
+            );
+            self.compact()
+        };
+        if let Err(e) = compacted {
             // Not again until the store has doubled: no retrying in a loop.
             c.after_last.store(on_disk, Ordering::SeqCst);
             metrics::counter!("auditstream_park_compactions_total", "outcome" => "failed")
@@ -581,8 +595,9 @@ impl Store {
     }
 
     /// Rewrites the live generation into a fresh sled database and makes that the store (see
-    /// "Compaction"). Blocks every write to the store while it copies. Any state of the parks
-    /// is copied; it is cheap when they are empty.
+    /// "Compaction"), now, whatever the free space (the automatic compaction checks it first).
+    /// Blocks every write to the store while it copies. Any state of the parks is copied; it
+    /// is cheap when they are empty.
     pub fn compact(&self) -> Result<Compacted, StoreError> {
         let c = &self.inner.compaction;
         let _one = c.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
@@ -595,15 +610,6 @@ impl Store {
             why,
         };
         let before = disk_usage(&store);
-        let needed = before + HEADROOM;
-        let free = super::available_space(&store).unwrap_or(0);
-        if free < needed {
-            return Err(not_compacted(format!(
-                "{:.1} MiB free on its disk, it needs {:.1} MiB",
-                mib(free),
-                mib(needed)
-            )));
-        }
 
         // From here until the swap no write reaches the live generation.
         let mut live = self.inner.live.write().unwrap_or_else(|p| p.into_inner());
