@@ -522,6 +522,12 @@ impl Store {
         if above == u64::MAX || self.failed() || !self.parks_empty() {
             return;
         }
+        // A few stat(2) calls: cheap enough here, and most drains stop at this.
+        let on_disk = disk_usage(self.path());
+        let threshold = above.max(c.after_last.load(Ordering::SeqCst).saturating_mul(2));
+        if on_disk <= threshold {
+            return;
+        }
         let mut background = c.background.lock().unwrap_or_else(|p| p.into_inner());
         if c.running.load(Ordering::SeqCst) {
             return;
@@ -531,7 +537,7 @@ impl Store {
         let spawned = std::thread::Builder::new()
             .name("park-compact".into())
             .spawn(move || {
-                store.compact_if_worth_it(above);
+                store.compact_if_worth_it(on_disk, threshold);
                 let c = &store.inner.compaction;
                 let _background = c.background.lock().unwrap_or_else(|p| p.into_inner());
                 c.running.store(false, Ordering::SeqCst);
@@ -559,12 +565,10 @@ impl Store {
         }
     }
 
-    fn compact_if_worth_it(&self, above: u64) {
+    fn compact_if_worth_it(&self, on_disk: u64, threshold: u64) {
         let c = &self.inner.compaction;
-        let on_disk = disk_usage(self.path());
-        let threshold = above.max(c.after_last.load(Ordering::SeqCst).saturating_mul(2));
-        if on_disk <= threshold || !self.parks_empty() || self.failed() {
-            return;
+        if !self.parks_empty() || self.failed() {
+            return; // a park filled again meanwhile: the next drain
         }
         let needed = on_disk + HEADROOM;
         let free = super::available_space(self.path()).unwrap_or(0);
