@@ -40,7 +40,11 @@
 //!    never lost.
 //! 4. **Counters, not scans.** Entries, events and bytes per sink are kept in `counters` and
 //!    mirrored in memory ([`ParkCounts`]); `len()` is never used at run time. On open they are
-//!    checked against a scan of the meta tree and repaired (with a warning) if they differ.
+//!    checked against a scan of the meta tree and repaired (with a warning) if they differ. The
+//!    mirror takes the counts each transaction wrote, in the order the park's transactions
+//!    committed (a lock per park from the transaction to the mirror), and the total across
+//!    sinks (`park.max_bytes`, `/status`) is summed from the mirrors, never kept by adding and
+//!    subtracting (an append and a release racing made such a total drift).
 //!
 //! # When data leaves
 //!
@@ -490,16 +494,11 @@ impl Store {
         self.live()?.tree(name).map_err(|e| self.sled_err(e))
     }
 
-    /// Sets the total of parked bytes from the parks' counts.
+    /// Sets the total of parked bytes from the parks' counts, after a change to one of them.
+    /// Summed and stored under the parks' lock, so the last change's sum is the one that stays.
     fn recount_total(&self) {
-        let total = self
-            .inner
-            .parks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|c| c.bytes())
-            .sum();
+        let parks = self.inner.parks.lock().unwrap_or_else(|p| p.into_inner());
+        let total = parks.values().map(|c| c.bytes()).sum();
         self.inner.total_bytes.store(total, Ordering::Relaxed);
     }
 
