@@ -22,9 +22,9 @@
 //! Sequence numbers are sled's `generate_id` plus the generation's `id_base`; `generate_id`
 //! only grows (also across restarts) and each generation's base is above every number the one
 //! before handed out, so sequence numbers only grow, and each sink's trees iterate oldest
-//! first: a FIFO per sink. Every value is framed by
-//! [`codec`] (version byte, CRC32, payload) and checked on every read; a damaged entry is
-//! reported and exported, never silently misread.
+//! first: a FIFO per sink. Every value is framed by [`codec`] (version byte, CRC32, payload)
+//! and checked on every read; a damaged entry is reported and exported, never silently
+//! misread.
 //!
 //! # Rules
 //!
@@ -100,7 +100,8 @@
 //! [`COMPACT_ABOVE`] = 8 MiB) starts one in a background thread when a release leaves every
 //! park empty (and once at start), if the store then takes more than `compact_above` on disk
 //! and more than twice what it took right after its last compaction (so a store whose live
-//! quarantine is large is not copied at every drain). Never while the store is failed, one at
+//! quarantine is large is not copied at every drain). The size is taken where the release
+//! happens (a few stat(2) calls); the thread is started only when a compaction is due. Never while the store is failed, one at
 //! a time, and only with the store's size on disk plus 16 MiB free on its filesystem. If one
 //! fails, the next waits until the store has doubled on disk again: no retrying in a loop.
 //! Offline commands never compact. Each is logged (`park compacted: X MiB → Y MiB`) and
@@ -130,10 +131,15 @@
 //! so the next open, which removes the old one, loses nothing. A failure (an I/O error, a full
 //! disk, a copy that does not check out) before the rename leaves the old generation live and
 //! removes the new one; a new generation whose write failed is leaked, not closed (see "A
-//! full disk": its close can block forever), so its unlinked files hold their space until the
-//! process ends. If the directory's fsync after the rename fails, it is unknown which
-//! generation survives a power loss, so the store becomes failed (no more writes, the daemon
-//! restarts in place) and the next open keeps the one `CURRENT` names.
+//! full disk": its close can block forever, and sled's concurrency control is global to the
+//! process, so a stuck close could stall the live generation too), so its deleted files hold
+//! their space until the process ends (tested on a full tmpfs). If the directory's fsync
+//! after the rename fails, it is unknown which generation survives a power loss, so the store
+//! becomes failed (no more writes, the daemon restarts in place) and the next open keeps the
+//! one `CURRENT` names.
+//!
+//! The in-memory counts of the parks are not touched: a compaction copies the counters with
+//! the entries they count.
 //!
 //! **Readers and writers.** Every write to sled (the append and release transactions, a
 //! recorded attempt, a repaired counter, a quarantine entry, a push, update or removal in a
