@@ -311,7 +311,7 @@ pub async fn demo(
 }
 
 /// Where the offline commands read from: the store itself, or a running daemon's admin API
-/// (sled is single-process, so while the daemon runs it holds the store).
+/// (the store is single-process, so while the daemon runs it holds the store).
 enum Access {
     Local(Config, Store),
     Daemon(Config, crate::admin::client::AdminClient),

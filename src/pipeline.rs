@@ -70,6 +70,8 @@ impl Pipeline {
             )));
             sinks.push((sink, park));
         }
+        // Every park is open (their counts known): from now on a drain may compact the store.
+        store.compact_when_drained(config.park.compact_above.bytes());
         Ok(Self {
             config,
             templates: Arc::new(templates),
@@ -314,6 +316,9 @@ impl Pipeline {
         {
             tracing::warn!(wait = ?SOURCE_CLOSE_WAIT, "the Kafka consumer did not close in time; stopping without waiting for it");
         }
+        // A compaction under way finishes (one left half done is undone at the next start).
+        let waiting = store.clone();
+        let _ = tokio::task::spawn_blocking(move || waiting.wait_for_compaction()).await;
         store.flush().await?;
         match failure {
             Some(why) => Err(anyhow::anyhow!(why)),

@@ -18,8 +18,9 @@
 //! - **park space returned**: after the final drain (and `--settle`) the park holds no
 //!   entries, and its size on disk is no larger than after the first outage's drain (plus a
 //!   quarter, plus 8 MiB):
-//!   space a drain frees is used again, not leaked from outage to outage. Whether sled also
-//!   gives the space back to the filesystem (truncates its file) is reported, not judged.
+//!   space a drain frees is used again, not leaked from outage to outage. How much went back to
+//!   the filesystem after the peak (the daemon compacts the store once every park is empty,
+//!   see `park/mod.rs`) is reported.
 //!
 //! It exits 0 when every part of the verdict holds, 1 otherwise. Everything it writes (the
 //! config, the daemon's log, the park, `report.md`) goes under `--dir`.
@@ -617,7 +618,8 @@ listen = "127.0.0.1:{admin_port}"
     let drain_time = drain_started.elapsed();
     let after_drain = sample(&client, &admin_url, pid, &park, started).await;
     report.line(row(&after_drain, &steady, &flappy, flappy_max_lag_window));
-    // sled frees and truncates segments in the background: look again a little later.
+    // The store is compacted in the background once the parks are empty: look again a little
+    // later.
     let mut settled = after_drain.clone();
     if died.is_none() {
         tokio::time::sleep(o.settle).await;
@@ -739,11 +741,11 @@ listen = "127.0.0.1:{admin_port}"
         mib(settled.park_disk),
         if settled.park_disk < peak_disk {
             format!(
-                "; sled gave {:.1} MiB back to the filesystem after the peak",
+                "; the park gave {:.1} MiB back to the filesystem after the peak",
                 mib(peak_disk - settled.park_disk)
             )
         } else {
-            "; sled kept its files at their peak size (space reused, not given back)".into()
+            "; the park kept its files at their peak size (space reused, not given back)".into()
         }
     ));
     report.line(format!(

@@ -90,6 +90,15 @@ impl SmallFs {
     }
 }
 
+impl SmallFs {
+    /// Unmounts lazily at once: for a test whose process still holds files on it.
+    fn detach(self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for SmallFs {
     fn drop(&mut self) {
         for _ in 0..50 {
@@ -182,6 +191,80 @@ async fn the_park_store_on_a_full_disk_fails_appends_at_once_and_never_blocks() 
         .await
         .expect("a flush on a failed store blocked")
         .is_err());
+}
+
+/// A compaction on a disk too full for its copy: it fails with the disk's error (it never
+/// blocks: the store's writes wait on it), removes its partial generation, and the store goes
+/// on in the old one with everything in it; once there is room, a compaction succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mount (root); .ci/run runs it"]
+async fn a_compaction_on_a_full_disk_fails_cleanly_and_the_store_goes_on() {
+    use auditstream::park::quarantine::QuarantineEntry;
+    let fs = SmallFs::mount("32m");
+    let path = fs.path("park");
+    let store = Store::open(&path).unwrap();
+    // About 4 MiB outside the parks, for the copy to need room.
+    let entries: Vec<QuarantineEntry> = (0..2000)
+        .map(|i| QuarantineEntry {
+            quarantined_at: "2026-11-22T10:00:00.000Z".into(),
+            sink: None,
+            kind: "not_json".into(),
+            reason: "expected a JSON object".into(),
+            topic: "t".into(),
+            partition: 0,
+            offset: i,
+            timestamp_ms: None,
+            key: None,
+            value: Some(format!("{i:06}{}", "q".repeat(2000))),
+            value_base64: None,
+        })
+        .collect();
+    for chunk in entries.chunks(100) {
+        store.quarantine_durably(chunk).await.unwrap();
+    }
+    let park = store.sink_park("siem").unwrap();
+    park.append(&batch(0, 10, 10), None).await.unwrap();
+    let filler = fs.fill(512 * 1024);
+
+    let s = store.clone();
+    let compacted = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || s.compact()),
+    )
+    .await
+    .expect("a compaction on a full disk blocked")
+    .unwrap();
+    let e = compacted.expect_err("the copy cannot fit");
+    eprintln!("the compaction on a full disk: {e}");
+    assert!(e.to_string().contains("No space left on device"), "{e}");
+    assert!(!store.failed(), "the live generation is fine");
+    assert_eq!(store.generation(), 1);
+    assert!(!path.join("gen-2").exists(), "the partial copy is removed");
+
+    // Everything is still there, and the store takes writes again once there is room.
+    let found: Vec<i64> = store
+        .quarantine_entries()
+        .map(|e| e.unwrap().1.offset)
+        .collect();
+    assert_eq!(found, (0..2000).collect::<Vec<_>>());
+    std::fs::remove_file(&filler).unwrap();
+    park.append(&batch(100, 10, 10), None).await.unwrap();
+    assert_eq!(park.verify().unwrap().entries, 2);
+    let done = tokio::task::spawn_blocking({
+        let s = store.clone();
+        move || s.compact()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(done.generation, 2);
+    assert_eq!(park.verify().unwrap().entries, 2);
+    assert_eq!(store.quarantine_entries().count(), 2000);
+    // The failed copy's database is leaked, not closed (its close can block forever after a
+    // failed write): its deleted files stay open, and the filesystem busy, until the process
+    // ends.
+    drop((park, store));
+    fs.detach();
 }
 
 /// Produces generated events at about `per_sec` until stopped; the ids, in order.

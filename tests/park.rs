@@ -478,7 +478,9 @@ fn kill_dash_nine_while_parking_and_draining_loses_nothing() {
     let kafka = EmbeddedKafka::start(1).unwrap();
     kafka.create_topic(TOPIC, 4).unwrap();
     let mut text = head(kafka.bootstrap_servers(), "g-crash", "");
-    text += &park_section(dir.path(), "");
+    // Every drain compacts the store (when it has doubled since the last), so kills land
+    // around compactions too.
+    text += &park_section(dir.path(), "compact_above = \"1KiB\"");
     text += &http_sink("siem", &format!("http://{}/", switch.addr), "");
     text += &file_sink("archive", &dir.path().join("archive.jsonl"));
     let path = dir.path().join("auditstream.toml");
@@ -562,6 +564,17 @@ fn kill_dash_nine_while_parking_and_draining_loses_nothing() {
             );
         }
         eprintln!("{starts} starts after kill -9 found their park counters matching the store");
+        let compactions: usize = (0..rounds)
+            .map(|r| format!("round{r}.log"))
+            .chain(["final.log".to_string()])
+            .map(|log| {
+                std::fs::read_to_string(dir.path().join(log))
+                    .unwrap_or_default()
+                    .matches("park compacted")
+                    .count()
+            })
+            .sum();
+        eprintln!("{compactions} compactions of the park store in these runs");
         eprintln!(
             "{rounds} kill -9 rounds: {} events, {} requests at the SIEM, nothing lost",
             ids.len(),
@@ -624,4 +637,260 @@ async fn a_failure_during_the_drain_returns_to_broken_and_loses_nothing() {
         "{left} of {} events were still parked when the drain failed; {twice} arrived twice",
         ids.len()
     );
+}
+
+/// The child process of `kill_dash_nine_during_compactions_loses_nothing` (it does nothing
+/// unless that test started it): parks, quarantines, queues, releases and compacts the store in
+/// a loop, printing each write once it is acknowledged, until it is killed.
+#[test]
+#[ignore = "the child process of kill_dash_nine_during_compactions_loses_nothing"]
+fn compaction_child() {
+    use auditstream::batch::{Batch, Record};
+    use auditstream::event::TopicPartition;
+    use auditstream::park::export::{ExportReason, Exporter};
+    use auditstream::park::Release;
+    let Some(dir) = std::env::var_os("AUDITSTREAM_COMPACTION_CHILD") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let round: i64 = std::env::var("AUDITSTREAM_COMPACTION_ROUND")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Store::open(&dir.join("park")).unwrap();
+        let park = store.sink_park("siem").unwrap();
+        let outbox = store.fifo::<i64>("outbox").unwrap();
+        let exporter = Exporter::new(&dir.join("exports"));
+        let batch = |offset: i64| {
+            let mut b = Batch::new(
+                TopicPartition {
+                    topic: "t".into(),
+                    partition: 0,
+                },
+                None,
+            );
+            for i in 0..20 {
+                b.push(Record {
+                    offset: offset + i,
+                    body: format!("{{\"o\":{},\"pad\":\"{}\"}}", offset + i, "p".repeat(500)),
+                });
+            }
+            b
+        };
+        // A few MiB outside the parks, so that a compaction has something to copy.
+        if store.quarantine_entries().next().is_none() {
+            let filler: Vec<_> = (0..3000).map(|i| quarantined(-1 - i, 1000)).collect();
+            store.quarantine_durably(&filler).await.unwrap();
+        }
+        for i in 0.. {
+            let offset = round * 1_000_000 + i * 100;
+            for j in 0..10 {
+                let seq = park.append(&batch(offset + j * 20), None).await.unwrap();
+                println!("parked {seq}");
+            }
+            store
+                .quarantine_durably(&[quarantined(offset, 10)])
+                .await
+                .unwrap();
+            println!("quarantined {offset}");
+            let seq = outbox.push(&offset).unwrap();
+            store.flush().await.unwrap();
+            println!("pushed {seq}");
+            // All but the newest two leave the park (exported: the proof a release needs).
+            let parked: Vec<_> = park.entries_iter().map(|p| p.unwrap()).collect();
+            let leaving = &parked[..parked.len().saturating_sub(2)];
+            let proofs = exporter
+                .export("siem", leaving, ExportReason::Purged)
+                .unwrap();
+            for (p, proof) in leaving.iter().zip(proofs) {
+                park.release(p, Release::Exported(proof)).unwrap();
+                println!("released {}", p.seq);
+            }
+            println!("compacting");
+            let took = std::time::Instant::now();
+            let done = store.compact().unwrap();
+            println!(
+                "compacted gen-{} {}",
+                done.generation,
+                took.elapsed().as_micros()
+            );
+        }
+    });
+}
+
+fn quarantined(offset: i64, pad: usize) -> auditstream::park::quarantine::QuarantineEntry {
+    auditstream::park::quarantine::QuarantineEntry {
+        quarantined_at: "2026-11-22T10:00:00.000Z".into(),
+        sink: None,
+        kind: "not_json".into(),
+        reason: "expected a JSON object".into(),
+        topic: "t".into(),
+        partition: 0,
+        offset,
+        timestamp_ms: None,
+        key: None,
+        value: Some("q".repeat(pad)),
+        value_base64: None,
+    }
+}
+
+/// kill -9 of a real process while it compacts the store (and parks, quarantines, queues and
+/// releases around its compactions), at a random moment of a compaction each time, then the
+/// store opened again: it is on one generation, which holds every acknowledged write that was
+/// not released, with matching counters, and sequence numbers go on growing.
+/// Kills: AUDITSTREAM_KILL_ROUNDS (default 6).
+#[test]
+fn kill_dash_nine_during_compactions_loses_nothing() {
+    use std::io::BufRead;
+    let rounds: usize = std::env::var("AUDITSTREAM_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut parked, mut released, mut quarantined, mut pushed) = (
+        BTreeSet::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+    );
+    let mut inside = 0;
+    // The generation live when the child's last compaction began; kills before and after the
+    // switch to the next.
+    let (mut live_before, mut switched) = (1, [0, 0]);
+    for round in 0..rounds {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "compaction_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("AUDITSTREAM_COMPACTION_CHILD", dir.path())
+            .env("AUDITSTREAM_COMPACTION_ROUND", round.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        // After one or two whole compactions, to know how long one takes here.
+        let kill_at = fastrand::usize(2..4);
+        let mut took = 0;
+        let (mut compactions, mut last, mut killed) = (0, String::new(), false);
+        // Every line the child printed before it died was acknowledged first.
+        for line in out.lines() {
+            let line = line.unwrap();
+            let mut words = line.split_whitespace();
+            match (
+                words.next(),
+                words.next().and_then(|n| n.parse::<i64>().ok()),
+            ) {
+                (Some("parked"), Some(seq)) => drop(parked.insert(seq as u64)),
+                (Some("released"), Some(seq)) => drop(released.insert(seq as u64)),
+                (Some("quarantined"), Some(offset)) => drop(quarantined.insert(offset)),
+                (Some("pushed"), Some(seq)) => drop(pushed.insert(seq as u64)),
+                (Some("compacting"), None) => compactions += 1,
+                (Some("compacted"), None) => {
+                    let (gen, micros) = line["compacted gen-".len()..].split_once(' ').unwrap();
+                    live_before = gen.parse().unwrap();
+                    took = micros.parse().unwrap();
+                }
+                _ => {}
+            }
+            if line.starts_with("parked ")
+                || line.starts_with("released ")
+                || line.starts_with("quarantined ")
+                || line.starts_with("pushed ")
+                || line.starts_with("compact")
+            {
+                last = line.clone();
+            }
+            if compactions == kill_at && !killed {
+                // Somewhere in the compaction just begun: in even rounds anywhere (mostly its
+                // copy, the longest step), in odd rounds near its end (the switch to the new
+                // generation and the deletion of the old).
+                let from = if round % 2 == 0 { 0 } else { took * 85 / 100 };
+                std::thread::sleep(Duration::from_micros(fastrand::u64(from..=took)));
+                // SAFETY: kill(2) on our own child's pid.
+                assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+                killed = true;
+            }
+        }
+        let status = child.wait().unwrap();
+        assert!(killed, "the child ended on its own: {status}");
+        if last == "compacting" {
+            inside += 1;
+        }
+
+        let park_dir = dir.path().join("park");
+        let store = Store::open(&park_dir).unwrap();
+        let generation = store.generation();
+        if last == "compacting" {
+            // The kill came before CURRENT's switch (the old generation is live) or after it.
+            assert!(
+                generation == live_before || generation == live_before + 1,
+                "round {round}: gen-{generation} live after a kill during gen-{live_before}'s compaction"
+            );
+            switched[usize::from(generation > live_before)] += 1;
+        }
+        live_before = generation;
+        let dirs: Vec<String> = std::fs::read_dir(&park_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("gen-"))
+            .collect();
+        assert_eq!(dirs, [format!("gen-{generation}")], "round {round}");
+        let siem = store.sink_park("siem").unwrap();
+        let counts = siem.verify().unwrap();
+        let present: BTreeSet<u64> = siem
+            .headers(usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|h| h.0)
+            .collect();
+        assert_eq!(counts.entries, present.len() as u64);
+        for seq in parked.difference(&released) {
+            assert!(
+                present.contains(seq),
+                "round {round}: parked entry {seq} lost"
+            );
+        }
+        let in_quarantine: BTreeSet<i64> = store
+            .quarantine_entries()
+            .map(|e| e.unwrap().1.offset)
+            .collect();
+        assert!(
+            quarantined.is_subset(&in_quarantine),
+            "round {round}: quarantined entries lost"
+        );
+        assert_eq!(in_quarantine.iter().filter(|o| **o < 0).count(), 3000);
+        let outbox = store.fifo::<i64>("outbox").unwrap();
+        let queued: BTreeSet<u64> = outbox.all().unwrap().iter().map(|(s, _)| *s).collect();
+        assert!(
+            pushed.is_subset(&queued),
+            "round {round}: outbox entries lost"
+        );
+        let highest = [&present, &queued, &parked, &pushed]
+            .iter()
+            .filter_map(|s| s.last().copied())
+            .max()
+            .unwrap_or(0);
+        let next = outbox.push(&-1).unwrap();
+        assert!(next > highest, "round {round}: {next} after {highest}");
+        pushed.insert(next);
+    }
+    eprintln!(
+        "{rounds} kill -9 rounds, {inside} inside a compaction ({} before the switch to the new generation, {} after): {} entries parked, {} quarantined, {} queued, nothing lost",
+        switched[0],
+        switched[1],
+        parked.len(),
+        quarantined.len(),
+        pushed.len()
+    );
+    assert!(inside > 0, "no kill landed inside a compaction");
 }

@@ -1,5 +1,5 @@
 //! The small client the command line uses to reach a running daemon's admin API, when the
-//! daemon holds the park store (sled is single-process). The token comes from `admin.token`
+//! daemon holds the park store (one process at a time). The token comes from `admin.token`
 //! in the configuration or from `AUDITSTREAM_ADMIN_TOKEN`.
 
 use std::time::Duration;

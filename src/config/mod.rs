@@ -264,6 +264,10 @@ pub struct ParkConfig {
     pub expired_dir: PathBuf,
     /// The longest wait between recovery probes of a broken sink.
     pub probe_max_interval: HumanDuration,
+    /// Once every park is empty, the store is rewritten into a fresh database (giving the
+    /// space an outage took back to the filesystem) if it takes more than this on disk (and
+    /// more than twice what it took after its last rewrite). See `park/mod.rs`, "Compaction".
+    pub compact_above: ByteSize,
 }
 
 impl Default for ParkConfig {
@@ -275,6 +279,7 @@ impl Default for ParkConfig {
             max_age: HumanDuration::from_secs(7 * 86_400),
             expired_dir: PathBuf::from("var/expired"),
             probe_max_interval: HumanDuration::from_secs(300),
+            compact_above: ByteSize::mib(8),
         }
     }
 }

@@ -121,12 +121,12 @@ pub struct QuarantineQueue(UnboundedReceiver<Request>);
 
 impl Store {
     fn quarantine_append(&self, entries: &[&QuarantineEntry]) -> Result<(), StoreError> {
+        let w = self.writing()?;
+        let tree = w.tree("quarantine")?;
         for entry in entries {
-            let key = self.next_key()?;
+            let key = w.next_key()?;
             let value = codec::encode(&serde_json::to_vec(entry)?);
-            self.tree("quarantine")?
-                .insert(key, value)
-                .map_err(|e| self.sled_err(e))?;
+            tree.insert(key, value).map_err(|e| self.sled_err(e))?;
         }
         Ok(())
     }

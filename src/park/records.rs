@@ -36,9 +36,9 @@ impl<T> Clone for Fifo<T> {
 impl<T: Serialize + DeserializeOwned> Fifo<T> {
     /// Appends a value; returns its sequence number.
     pub fn push(&self, value: &T) -> Result<u64, StoreError> {
-        let key = self.store.next_key()?;
-        self.store
-            .tree(&self.tree)?
+        let w = self.store.writing()?;
+        let key = w.next_key()?;
+        w.tree(&self.tree)?
             .insert(key, codec::encode(&serde_json::to_vec(value)?))
             .map_err(|e| self.store.sled_err(e))?;
         Ok(u64::from_be_bytes(key))
@@ -77,6 +77,7 @@ impl<T: Serialize + DeserializeOwned> Fifo<T> {
     /// Replaces the value at `seq`.
     pub fn update(&self, seq: u64, value: &T) -> Result<(), StoreError> {
         self.store
+            .writing()?
             .tree(&self.tree)?
             .insert(
                 seq.to_be_bytes(),
@@ -89,6 +90,7 @@ impl<T: Serialize + DeserializeOwned> Fifo<T> {
     /// Removes the value at `seq`.
     pub fn remove(&self, seq: u64) -> Result<(), StoreError> {
         self.store
+            .writing()?
             .tree(&self.tree)?
             .remove(seq.to_be_bytes())
             .map_err(|e| self.store.sled_err(e))?;
@@ -129,6 +131,7 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
 
     pub fn put(&self, name: &str, value: &T) -> Result<(), StoreError> {
         self.store
+            .writing()?
             .tree(&self.tree)?
             .insert(name.as_bytes(), codec::encode(&serde_json::to_vec(value)?))
             .map_err(|e| self.store.sled_err(e))?;
@@ -142,7 +145,7 @@ impl Store {
         Ok(Fifo {
             store: self.clone(),
             tree: {
-                self.open_tree(name)?;
+                self.tree(name)?;
                 name.to_string()
             },
             _values: PhantomData,
@@ -154,7 +157,7 @@ impl Store {
         Ok(Table {
             store: self.clone(),
             tree: {
-                self.open_tree(name)?;
+                self.tree(name)?;
                 name.to_string()
             },
             _values: PhantomData,
@@ -164,7 +167,8 @@ impl Store {
     /// Writes a small value and flushes it: whether the park can take writes now (for
     /// `/ready`).
     pub async fn check_writable(&self) -> Result<(), StoreError> {
-        self.open_tree("health")?
+        self.writing()?
+            .tree("health")?
             .insert(
                 "ready",
                 chrono::Utc::now().timestamp_millis().to_be_bytes().to_vec(),
