@@ -41,6 +41,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 
 use crate::generate::Generator;
+use crate::park::disk_usage;
 
 /// What the soak does.
 #[derive(Debug, Clone)]
@@ -253,21 +254,6 @@ fn rss_kib(pid: u32) -> u64 {
 
 fn open_fds(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
-}
-
-/// Bytes of disk the files under `dir` take, as `du` counts them (allocated blocks).
-pub fn disk_usage(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.filter_map(|e| e.ok())
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => disk_usage(&e.path()),
-            Ok(m) => m.blocks() * 512,
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 async fn status(client: &reqwest::Client, admin: &str) -> Option<serde_json::Value> {

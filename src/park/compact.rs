@@ -976,6 +976,25 @@ mod tests {
         );
     }
 
+    /// A store (from before generations if `legacy`) with entries in every kind of tree and 5
+    /// parked batches, compacted up to the copy but not switched: its directory, the store,
+    /// the sequence numbers written, and the copy's generation.
+    async fn copied_but_not_switched(
+        legacy: bool,
+    ) -> (tempfile::TempDir, Store, Vec<u64>, Generation) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("park");
+        if legacy {
+            drop(Store::open(&path).unwrap());
+            make_legacy(&path);
+        }
+        let store = Store::open(&path).unwrap();
+        let seqs = write_the_rest(&store, 1, 20).await;
+        park(&store.sink_park("siem").unwrap(), 5, 10).await;
+        let copy = copy_without_switching(&store);
+        (dir, store, seqs, copy)
+    }
+
     /// The steps of a compaction up to the copy (3 and 4), without switching: what a crash
     /// leaves at that point. Returns the copy's generation.
     fn copy_without_switching(store: &Store) -> Generation {
@@ -989,17 +1008,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crash_before_current_is_switched_keeps_the_old_generation_and_removes_the_copy() {
         for legacy in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
+            let (dir, store, seqs, copy) = copied_but_not_switched(legacy).await;
             let path = dir.path().join("park");
-            if legacy {
-                drop(Store::open(&path).unwrap());
-                make_legacy(&path);
-            }
-            let store = Store::open(&path).unwrap();
-            let live = store.generation();
-            let seqs = write_the_rest(&store, 1, 20).await;
-            park(&store.sink_park("siem").unwrap(), 5, 10).await;
-            let copy = copy_without_switching(&store);
+            let live = copy.number - 1;
             assert!(copy.dir.join("db").exists());
             // And a switch that had begun: CURRENT.tmp written, not renamed.
             std::fs::write(path.join(CURRENT_TMP), format!("gen-{}\n", copy.number)).unwrap();
@@ -1025,17 +1036,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crash_after_current_is_switched_keeps_the_new_generation_and_removes_the_old() {
         for legacy in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
+            let (dir, store, seqs, copy) = copied_but_not_switched(legacy).await;
             let path = dir.path().join("park");
-            if legacy {
-                drop(Store::open(&path).unwrap());
-                make_legacy(&path);
-            }
-            let store = Store::open(&path).unwrap();
-            let old = store.generation();
-            let seqs = write_the_rest(&store, 1, 20).await;
-            park(&store.sink_park("siem").unwrap(), 5, 10).await;
-            let copy = copy_without_switching(&store);
+            let old = copy.number - 1;
             assert!(write_current(&path, copy.number).is_ok());
             let before = dump(&store);
             drop(store); // the crash, before the swap and the old generation's deletion
