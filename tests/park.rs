@@ -236,7 +236,11 @@ fn exported(dir: &std::path::Path) -> Vec<(String, String, i32, i64)> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return out;
     };
-    let mut files: Vec<_> = rd.map(|e| e.unwrap().path()).collect();
+    // Whole exports only: one being written is a hidden `.partial` file.
+    let mut files: Vec<_> = rd
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ndjson"))
+        .collect();
     files.sort();
     for f in files {
         for line in std::fs::read_to_string(&f).unwrap().lines() {

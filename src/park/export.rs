@@ -4,6 +4,10 @@
 //! line with its metadata, the file is fsynced, and only then does the exporter hand out the
 //! [`Exported`] proofs that let the park remove the entries.
 //!
+//! A file is written under a hidden name (`.<name>.partial`) and renamed once it is fsynced, so
+//! whoever reads `expired_dir` sees whole files only. A `.partial` file is what a crash in the
+//! middle of an export left: its entries are still in the park and are exported again.
+//!
 //! File: `<expired_dir>/<sink>-<reason>-<UTC time>-<first seq>.ndjson`. Line:
 //!
 //! ```json
@@ -95,11 +99,11 @@ impl Exporter {
             return Ok(Vec::new());
         };
         let path = self.file_for(sink, reason, first.seq);
-        let mut out = self.create(&path)?;
+        let (mut out, partial) = self.create(&path)?;
         for p in entries {
             write_entry(&mut out, sink, reason.as_str(), p)?;
         }
-        self.finish(out, &path)?;
+        self.finish(out, &partial, &path)?;
         Ok(entries
             .iter()
             .map(|p| Exported {
@@ -118,13 +122,13 @@ impl Exporter {
         problem: &str,
     ) -> io::Result<Exported> {
         let path = self.file_for(sink, ExportReason::Damaged, seq);
-        let mut out = self.create(&path)?;
+        let (mut out, partial) = self.create(&path)?;
         let line = serde_json::json!({
             "sink": sink, "reason": "damaged", "entry": seq, "problem": problem, "header": header,
         });
         serde_json::to_writer(&mut out, &line)?;
         out.write_all(b"\n")?;
-        self.finish(out, &path)?;
+        self.finish(out, &partial, &path)?;
         Ok(Exported { seq, path })
     }
 
@@ -134,15 +138,24 @@ impl Exporter {
             .join(format!("{sink}-{}-{now}-{seq}.ndjson", reason.as_str()))
     }
 
-    fn create(&self, path: &Path) -> io::Result<BufWriter<std::fs::File>> {
+    /// Opens the hidden file that becomes `path` once finished; returns it and its path.
+    fn create(&self, path: &Path) -> io::Result<(BufWriter<std::fs::File>, PathBuf)> {
         std::fs::create_dir_all(&self.dir)?;
-        let f = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(BufWriter::new(f))
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let partial = self.dir.join(format!(".{name}.partial"));
+        let f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&partial)?;
+        Ok((BufWriter::new(f), partial))
     }
 
-    fn finish(&self, out: BufWriter<std::fs::File>, path: &Path) -> io::Result<()> {
+    /// Makes the written file durable under its final name.
+    fn finish(&self, out: BufWriter<std::fs::File>, partial: &Path, path: &Path) -> io::Result<()> {
         let f = out.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
+        std::fs::rename(partial, path)?;
         std::fs::File::open(&self.dir)?.sync_all()?;
         tracing::debug!(path = %path.display(), "export written");
         Ok(())
@@ -170,4 +183,29 @@ pub fn write_entry(out: &mut impl Write, sink: &str, reason: &str, p: &Parked) -
         out.write_all(b"\n")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_export_appears_whole_under_its_name_and_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let exporter = Exporter::new(&dir.path().join("expired"));
+        let done = exporter
+            .export_damaged("siem", 7, None, "the records do not decode")
+            .unwrap();
+        let names: Vec<String> = std::fs::read_dir(exporter.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].starts_with("siem-damaged-") && names[0].ends_with("-7.ndjson"));
+        assert_eq!(done.path, exporter.dir().join(&names[0]));
+        let line: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&done.path).unwrap().trim_end()).unwrap();
+        assert_eq!(line["entry"], 7);
+        assert_eq!(line["problem"], "the records do not decode");
+    }
 }
