@@ -36,6 +36,26 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A batch of partition `t/0` with `n` records from `offset` on, each `{"o":OFFSET,"pad":"x…"}`
+    /// with `pad` bytes of padding (for unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(offset: i64, n: usize, pad: usize) -> Self {
+        let mut b = Self::new(
+            TopicPartition {
+                topic: "t".into(),
+                partition: 0,
+            },
+            None,
+        );
+        for o in offset..offset + n as i64 {
+            b.push(Record {
+                offset: o,
+                body: format!("{{\"o\":{o},\"pad\":\"{}\"}}", "x".repeat(pad)),
+            });
+        }
+        b
+    }
+
     pub fn new(tp: TopicPartition, label: Option<String>) -> Self {
         Self {
             tp,

@@ -59,6 +59,24 @@ pub struct RawMessage {
     pub payload: Option<Bytes>,
 }
 
+#[cfg(test)]
+impl RawMessage {
+    /// A message at `t/0@0` with `payload` as its value and nothing else (for unit tests).
+    pub(crate) fn for_test(payload: &[u8]) -> Self {
+        Self {
+            coords: Coords {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+            },
+            timestamp_ms: None,
+            key: None,
+            headers: vec![],
+            payload: Some(Bytes::copy_from_slice(payload)),
+        }
+    }
+}
+
 /// A decoded audit event: a message whose value is one JSON object, with its Kafka metadata.
 ///
 /// It holds the value's bytes, not a parsed tree. A parsed `serde_json::Value` costs about ten

@@ -111,26 +111,13 @@ mod tests {
     use super::*;
     use crate::config::load::parse_str;
     use crate::decode::decode;
-    use crate::event::{Coords, RawMessage};
+    use crate::event::RawMessage;
 
     fn event(json: &str) -> Value {
-        decode(
-            RawMessage {
-                coords: Coords {
-                    topic: "t".into(),
-                    partition: 0,
-                    offset: 0,
-                },
-                timestamp_ms: None,
-                key: None,
-                headers: vec![],
-                payload: Some(json.as_bytes().to_vec().into()),
-            },
-            1 << 20,
-        )
-        .unwrap()
-        .fields()
-        .unwrap()
+        decode(RawMessage::for_test(json.as_bytes()), 1 << 20)
+            .unwrap()
+            .fields()
+            .unwrap()
     }
 
     fn filter(rules: &str) -> Filter {

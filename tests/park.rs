@@ -647,7 +647,7 @@ async fn a_failure_during_the_drain_returns_to_broken_and_loses_nothing() {
 /// unless that test started it): parks, quarantines, queues, releases and compacts the store in
 /// a loop, printing each write once it is acknowledged, until it is killed.
 #[test]
-#[ignore = "the child process of kill_dash_nine_during_compactions_loses_nothing"]
+#[ignore = "the child process of kill_dash_nine_during_compactions_loses_nothing, which starts it with --ignored (that test runs in cargo test, so in .ci/run)"]
 fn compaction_child() {
     use auditstream::batch::{Batch, Record};
     use auditstream::event::TopicPartition;

@@ -718,8 +718,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::batch::{Batch, Record};
-    use crate::event::TopicPartition;
+    use crate::batch::Batch;
     use crate::park::export::{ExportReason, Exporter};
     use crate::park::quarantine::QuarantineEntry;
     use crate::park::{Release, SinkPark};
@@ -727,24 +726,7 @@ mod tests {
     type Dump = BTreeMap<Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>>;
 
     fn batch(offset: i64, n: usize, pad: usize) -> Batch {
-        let mut b = Batch::new(
-            TopicPartition {
-                topic: "t".into(),
-                partition: 0,
-            },
-            None,
-        );
-        for i in 0..n {
-            b.push(Record {
-                offset: offset + i as i64,
-                body: format!(
-                    "{{\"o\":{},\"pad\":\"{}\"}}",
-                    offset + i as i64,
-                    "x".repeat(pad)
-                ),
-            });
-        }
-        b
+        Batch::for_test(offset, n, pad)
     }
 
     fn quarantined(offset: i64) -> QuarantineEntry {

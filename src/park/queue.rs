@@ -431,24 +431,10 @@ fn write_counts(c: &Counts) -> Result<Vec<u8>, ConflictableTransactionError<Stor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::TopicPartition;
     use crate::park::export::{ExportReason, Exporter};
 
     fn batch(offset: i64) -> Batch {
-        let mut b = Batch::new(
-            TopicPartition {
-                topic: "t".into(),
-                partition: 0,
-            },
-            None,
-        );
-        for i in 0..10 {
-            b.push(crate::batch::Record {
-                offset: offset + i,
-                body: format!("{{\"o\":{}}}", offset + i),
-            });
-        }
-        b
+        Batch::for_test(offset, 10, 0)
     }
 
     /// The intake appends while the replayer releases each entry as soon as it can read it (a

@@ -333,7 +333,7 @@ fn without_kafka(v: &Value) -> Value {
 mod tests {
     use super::*;
     use crate::config::load::{parse_str, Locator};
-    use crate::event::{Coords, RawMessage};
+    use crate::event::RawMessage;
 
     /// One stdout sink with `template`, compiled.
     fn templates(template: &str) -> Templates {
@@ -346,18 +346,7 @@ mod tests {
 
     /// `payload` decoded as the message at t/0@0.
     fn event(payload: &'static str) -> Event {
-        let msg = RawMessage {
-            coords: Coords {
-                topic: "t".into(),
-                partition: 0,
-                offset: 0,
-            },
-            timestamp_ms: None,
-            key: None,
-            headers: vec![],
-            payload: Some(payload.into()),
-        };
-        crate::decode::decode(msg, 1024).unwrap()
+        crate::decode::decode(RawMessage::for_test(payload.as_bytes()), 1024).unwrap()
     }
 
     /// A rendered record waits in a batch until delivered, so its size is what memory pays:
