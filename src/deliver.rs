@@ -10,8 +10,7 @@
 //!
 //! **Rendering** is most of a sink's CPU, so the events waiting in its queue are taken in
 //! chunks (up to [`RENDER_CHUNK`], whatever is ready), each chunk is rendered as a task (on
-//! any core), and the results are put back in queue order before batching. An event counts as
-//! queued until its chunk is rendered.
+//! any core), and the results are put back in queue order before batching.
 //!
 //! **Intake.** While the sink's park is empty, each batch is delivered directly. A batch whose
 //! delivery fails is parked at once (durably), and so is every batch after it while the park
@@ -33,7 +32,7 @@
 //! **Spilling.** A sink that is slow but not failing would hold the source's in-flight window
 //! (`pipeline.max_in_flight_events`) and, once it is full, every other sink would wait for it.
 //! So when the source has paused for that reason and this sink holds at least its share of
-//! the window in its queue, its next batches go to the park instead (the same path as a
+//! the window unfinished (and another sink far less), its next batches go to the park instead (the same path as a
 //! failure: durable, then finished), the window frees, and the others go on at full speed;
 //! the replayer delivers the park in order at the slow sink's own pace (`recovering`). With a
 //! single sink there is nobody to let through, so it never spills.
@@ -158,7 +157,7 @@ impl Worker {
         let (render, label, seen) = (r.clone(), r.clone(), r.clone());
         // Rendering is most of a sink's CPU: the events waiting in the queue are cut into
         // chunks, rendered as tasks on every core, and put back in order (`buffered`). They
-        // count as queued until their chunk is rendered (the spilling rule reads that count).
+        // count as queued (on the status page) until their chunk is rendered.
         let records = futures::stream::unfold(queue, |mut q| async move {
             let e = q.recv().await?;
             Some((e, q))
@@ -301,6 +300,7 @@ impl Running {
                 };
                 let entry = QuarantineEntry::new(&msg, Some(self.name()), "render_failed", e);
                 self.w.status.add_quarantined(1);
+                self.w.status.sub_unfinished(1);
                 self.w.quarantine.submit(self.w.slot, entry);
                 None
             }
@@ -314,6 +314,7 @@ impl Running {
             tp: batch.tp.clone(),
             offsets: batch.offsets(),
         };
+        self.w.status.sub_unfinished(batch.len() as u64);
         // The source has gone only when the pipeline is stopping at once.
         let _ = self.w.reports.send(report);
     }
@@ -412,19 +413,21 @@ impl Running {
     }
 
     /// Whether this sink is the one holding the source back (see "Spilling"): the source has
-    /// paused, this sink's queue holds its share of the window, and some other sink's queue
-    /// is far shorter (while every sink is busy, as when catching up, nobody spills).
+    /// paused, this sink holds its share of the window unfinished, and some other sink holds
+    /// far less (while every sink is busy, as when catching up, nobody spills). Unfinished,
+    /// not queued: a slow sink's rendered events wait in its batcher and ahead of delivery,
+    /// so its queue alone can look short while it holds the whole window.
     fn should_spill(&self) -> bool {
         let Some(s) = &self.w.spill else {
             return false;
         };
-        let mine = self.w.status.queued();
+        let mine = self.w.status.unfinished();
         let others = s
             .status
             .sinks
             .iter()
             .filter(|o| !Arc::ptr_eq(o, &self.w.status))
-            .map(|o| o.queued())
+            .map(|o| o.unfinished())
             .min()
             .unwrap_or(mine);
         s.status.source.paused() && mine >= s.backlog as u64 && others.saturating_mul(4) <= mine
@@ -433,7 +436,7 @@ impl Running {
     /// Intake: deliver directly while the park is empty, park otherwise or on failure.
     async fn take(&self, batch: Batch) {
         if self.w.park.entries() == 0 && self.should_spill() {
-            tracing::info!(sink = %self.name(), queued = self.w.status.queued(), "this sink is behind and holds the other sinks back: spilling its batches to the park, to be delivered in order at its own pace");
+            tracing::info!(sink = %self.name(), unfinished = self.w.status.unfinished(), "this sink is behind and holds the other sinks back: spilling its batches to the park, to be delivered in order at its own pace");
             metrics::counter!("auditstream_spills_total", "sink" => self.name().to_string())
                 .increment(1);
         }

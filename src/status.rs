@@ -57,6 +57,9 @@ pub struct SinkStatus {
     quarantined: AtomicU64,
     /// Events waiting in this sink's queue, as its worker last saw.
     queued: AtomicU64,
+    /// Events routed to this sink that it has not finished (delivered, parked or
+    /// quarantined): its share of the source's in-flight window.
+    unfinished: AtomicU64,
     park: Arc<ParkCounts>,
 }
 
@@ -107,6 +110,7 @@ impl SinkStatus {
             replayed: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            unfinished: AtomicU64::new(0),
             park,
         }
     }
@@ -143,9 +147,25 @@ impl SinkStatus {
         self.health().holding = why;
     }
 
-    /// Events routed to this sink's queue.
+    /// Events routed to this sink's queue (queued, and unfinished until
+    /// [`SinkStatus::sub_unfinished`]).
     pub fn add_queued(&self, n: u64) {
         self.queued.fetch_add(n, Ordering::Relaxed);
+        self.unfinished.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Events this sink finished: delivered, parked or quarantined.
+    pub fn sub_unfinished(&self, n: u64) {
+        let _ = self
+            .unfinished
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(n))
+            });
+    }
+
+    /// Events routed to this sink and not yet finished: what it holds of the in-flight window.
+    pub fn unfinished(&self) -> u64 {
+        self.unfinished.load(Ordering::Relaxed)
     }
 
     /// Events its worker took from the queue.
