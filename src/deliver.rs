@@ -67,9 +67,12 @@ use crate::sink::{DeliveryError, Sink};
 use crate::status::{SinkState, SinkStatus};
 use crate::template::Templates;
 
-/// Events rendered by one task: enough to outweigh spawning it (a few µs against ~8 µs per
-/// event), few enough that a chunk is rendered in about a millisecond.
-const RENDER_CHUNK: usize = 128;
+/// The most events rendered by one task (a chunk takes what the queue holds, up to this).
+/// Large, because handing a chunk from task to task costs a wake-up (tens of µs when the
+/// other core has gone to sleep): at 128, the two cores were rarely both rendering; at 1024
+/// (about 5 ms of rendering) they nearly always are. Small enough that the events of
+/// `render_tasks()` chunks are a small part of the in-flight window.
+const RENDER_CHUNK: usize = 1024;
 
 /// Chunks rendered at once, one per core.
 fn render_tasks() -> usize {
@@ -155,14 +158,15 @@ impl Worker {
             r.clone().replay().in_current_span(),
         ));
         let (render, label, seen) = (r.clone(), r.clone(), r.clone());
-        // Rendering is most of a sink's CPU: the events waiting in the queue are cut into
-        // chunks, rendered as tasks on every core, and put back in order (`buffered`). They
+        // Rendering is most of a sink's CPU: the events waiting in the queue are taken in
+        // chunks (`recv_many`: one wake-up for many events, where `recv` stops at tokio's
+        // budget of 128 per poll), rendered as tasks on every core, put back in order
+        // (`buffered`), and handed to the batcher a chunk at a time. They
         // count as queued (on the status page) until their chunk is rendered.
         let records = futures::stream::unfold(queue, |mut q| async move {
-            let e = q.recv().await?;
-            Some((e, q))
+            let mut chunk = Vec::with_capacity(RENDER_CHUNK);
+            (q.recv_many(&mut chunk, RENDER_CHUNK).await > 0).then_some((chunk, q))
         })
-        .ready_chunks(RENDER_CHUNK)
         .map(move |events| {
             let r = render.clone();
             tokio::spawn(async move {
@@ -175,17 +179,16 @@ impl Worker {
             move |done: Result<(usize, Vec<_>), tokio::task::JoinError>| match done {
                 Ok((n, records)) => {
                     seen.w.status.sub_queued(n as u64);
-                    futures::stream::iter(records)
+                    records
                 }
                 // Rendering does not panic; if it ever did, the worker stops as it would have
                 // without the tasks. Either way the chunk's offsets are never reported, so
                 // nothing after them is committed.
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 // The runtime is shutting down.
-                Err(_) => futures::stream::iter(Vec::new()),
+                Err(_) => Vec::new(),
             },
-        )
-        .flatten();
+        );
         let batches = batch::batches(records, r.w.batch, move |first: &Arc<Event>| {
             label.label(first)
         });

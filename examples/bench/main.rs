@@ -254,6 +254,7 @@ async fn run_one(
     let handle = tokio::spawn(worker.run(events));
     let sampler = tokio::spawn(sample(status.clone()));
     let total = count as u64;
+    let queued = status.clone();
     // The feeder plays the source: decode, queue, stay within the in-flight bound.
     let feeder = std::thread::spawn(move || {
         let topic: Arc<str> = "bench".into();
@@ -281,6 +282,7 @@ async fn run_one(
             if queue.send(Arc::new(event)).is_err() {
                 return finished;
             }
+            queued.add_queued(1);
         }
         drop(queue);
         while finished < total {
