@@ -110,13 +110,14 @@ fn check(msg: &RawMessage, max_bytes: usize) -> Result<(), Rejection> {
     // the depth is measured apart (only once the syntax is known to be good).
     serde_json::from_str::<serde::de::IgnoredAny>(text)
         .map_err(|e| Rejection::NotJson(e.to_string()))?;
-    if depth(payload) >= MAX_DEPTH {
+    let shape = Shape::of(payload);
+    if shape.deepest >= MAX_DEPTH {
         return Err(Rejection::TooDeep);
     }
     // The syntax check does not pair surrogate escapes (`"\ud800"` alone passes it); the tree
     // parser refuses a lone one. Where the text has a surrogate escape, the tree decides (and
     // is dropped at once).
-    if has_surrogate_escape(payload) {
+    if shape.surrogate_escape {
         serde_json::from_str::<serde_json::Value>(text)
             .map_err(|e| Rejection::NotJson(e.to_string()))?;
     }
@@ -130,40 +131,50 @@ fn check(msg: &RawMessage, max_bytes: usize) -> Result<(), Rejection> {
     }
 }
 
-/// Whether the text has a `\uD800`-`\uDFFF` escape (or what looks like one).
-fn has_surrogate_escape(json: &[u8]) -> bool {
-    json.windows(4).any(|w| {
-        w[0] == b'\\'
-            && w[1] == b'u'
-            && matches!(w[2], b'd' | b'D')
-            && matches!(w[3], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
-    })
+/// What one pass over valid JSON text finds.
+struct Shape {
+    /// The deepest nesting of arrays and objects.
+    deepest: usize,
+    /// Whether a string holds a `\uD800`-`\uDFFF` escape.
+    surrogate_escape: bool,
 }
 
-/// The deepest nesting of arrays and objects in valid JSON text.
-fn depth(json: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &b in json {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
+impl Shape {
+    fn of(json: &[u8]) -> Self {
+        let mut shape = Shape {
+            deepest: 0,
+            surrogate_escape: false,
+        };
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for (i, &b) in json.iter().enumerate() {
+            if in_string {
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => {
+                        escaped = true;
+                        if let Some([b'u', b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F']) =
+                            json.get(i + 1..i + 4)
+                        {
+                            shape.surrogate_escape = true;
+                        }
+                    }
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    shape.deepest = shape.deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
                 _ => {}
             }
-            continue;
         }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
+        shape
     }
-    deepest
 }
 
 #[cfg(test)]
@@ -230,6 +241,8 @@ mod tests {
             r#"{"a":"\ud800b"}"#,
             r#"{"a":"\uDC00"}"#,
             r#"{"a":"\ud800\u0041"}"#,
+            r#"{"\ud800":1}"#,
+            r#"{"a":"\n\udbff"}"#,
         ] {
             assert!(
                 matches!(reject(Some(lone.as_bytes())), Rejection::NotJson(_)),
@@ -238,6 +251,9 @@ mod tests {
         }
         let pair = decode(msg(Some(br#"{"a":"\ud83d\ude00"}"#)), 1024).unwrap();
         assert_eq!(pair.fields().unwrap()["a"], "\u{1f600}");
+        // An escaped backslash before `ud800` is text, not an escape.
+        let text = decode(msg(Some(br#"{"a":"\\ud800"}"#)), 1024).unwrap();
+        assert_eq!(text.fields().unwrap()["a"], "\\ud800");
     }
 
     #[test]
