@@ -107,7 +107,8 @@ fn config(brokers: &str, topic: &str, sink: &str, in_flight: Option<u64>, dir: &
 
 /// What one run of the pipeline from Kafka measured.
 pub struct Run {
-    /// From the first delivery to the last (the group's start-up is not counted).
+    /// From the first message read to the last event delivered (joining the group is not
+    /// counted).
     pub took: Duration,
     pub series: Series,
 }
@@ -132,19 +133,26 @@ pub async fn run_pipeline(
     let shutdown = Shutdown::new();
     let running = tokio::spawn(pipeline.run(shutdown.clone()));
     let sink = status.sinks[0].clone();
+    // The run is timed from the first message read (joining the group is not the pipeline's
+    // rate) to the last event delivered, looked at every 5 ms; the chart samples every 250 ms.
     let mut points = Vec::new();
     let mut first: Option<Instant> = None;
-    let (mut last_t, mut last_n) = (Instant::now(), 0u64);
+    let mut last_sample: Option<(Instant, u64)> = None;
     loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
         let now = Instant::now();
-        let delivered = sink.delivered();
-        if delivered > 0 {
-            let start = *first.get_or_insert(last_t);
-            let rate = (delivered - last_n) as f64 / (now - last_t).as_secs_f64();
-            points.push(((now - start).as_secs_f64(), rate));
+        if first.is_none() && status.source.consumed() > 0 {
+            first = Some(now);
+            last_sample = Some((now, 0));
         }
-        (last_t, last_n) = (now, delivered);
+        let delivered = sink.delivered();
+        if let (Some(start), Some((t, at))) = (first, last_sample) {
+            if now - t >= Duration::from_millis(250) || delivered >= n {
+                let rate = (delivered - at) as f64 / (now - t).as_secs_f64();
+                points.push(((now - start).as_secs_f64(), rate));
+                last_sample = Some((now, delivered));
+            }
+        }
         if delivered >= n {
             break;
         }

@@ -9,8 +9,13 @@
 //! ```sh
 //! cargo run --release --example bench -- [--events N] [--event-bytes B]
 //!     [--sinks file,s3,http|none] [--park] [--kafka | --brokers HOST:PORT]
-//!     [--latency-rate R] [--latency-seconds S] [--in-flight N] [--chart target/bench.svg]
+//!     [--latency-rate R] [--latency-seconds S] [--in-flight N] [--broker-pid PID]
+//!     [--chart target/bench.svg]
 //! ```
+//!
+//! `--broker-pid PID` (the broker's process on this machine, for example
+//! `$(cat ~/.cache/tansu/pid)`) adds the CPU the broker used while the pipeline read from it:
+//! on one machine the broker takes its share of the same cores.
 //!
 //! `--in-flight` sets `pipeline.max_in_flight_events` for the runs from Kafka (default: the
 //! daemon's). The broker of `../shared/tools/real-kafka` (Tansu 0.6) serves nothing more to a
@@ -63,6 +68,7 @@ struct Args {
     latency_seconds: u64,
     chart: String,
     in_flight: Option<u64>,
+    broker_pid: Option<u32>,
 }
 
 fn args() -> Args {
@@ -77,6 +83,7 @@ fn args() -> Args {
         latency_seconds: 10,
         chart: "target/bench.svg".into(),
         in_flight: None,
+        broker_pid: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -92,6 +99,7 @@ fn args() -> Args {
             "--latency-seconds" => a.latency_seconds = value.parse().expect("--latency-seconds S"),
             "--chart" => a.chart = value,
             "--in-flight" => a.in_flight = Some(value.parse().expect("--in-flight N")),
+            "--broker-pid" => a.broker_pid = Some(value.parse().expect("--broker-pid PID")),
             flag @ ("--park" | "--kafka") => {
                 if flag == "--park" {
                     a.park = true;
@@ -395,6 +403,18 @@ fn cpu_micros() -> u64 {
     micros(ru.ru_utime) + micros(ru.ru_stime)
 }
 
+/// CPU time (user and system) another process on this machine has used, in microseconds: the
+/// broker's, from `/proc/PID/stat` (fields 14 and 15, in clock ticks).
+fn process_cpu_micros(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ticks * 1_000_000 / per_second)
+}
+
 /// The CPU time used when the current phase started.
 static PHASE_CPU: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -543,6 +563,7 @@ async fn main() {
             dir.path().join("bench.jsonl").display()
         );
         start_phase();
+        let broker_before = a.broker_pid.and_then(process_cpu_micros);
         let run = kafka::run_pipeline(
             &brokers,
             &topic,
@@ -554,6 +575,11 @@ async fn main() {
         )
         .await;
         let cpu = phase_cpu_per_event(a.events);
+        let broker_cpu = a
+            .broker_pid
+            .and_then(process_cpu_micros)
+            .zip(broker_before)
+            .map(|(after, before)| after.saturating_sub(before) as f64 / a.events as f64);
         rate_line(
             "file, end to end from Kafka",
             a.events,
@@ -573,6 +599,13 @@ async fn main() {
                 100.0 * alone.as_secs_f64() / run.took.as_secs_f64().max(1e-9),
                 100.0 * cpu / alone_cpu.max(1e-9)
             );
+            if let Some(broker) = broker_cpu {
+                println!(
+                    "{:<28} CPU per event {broker:.1} µs; the pipeline's own and the broker's together {:.0}% of the file sink alone",
+                    "  the broker, same cores",
+                    100.0 * (cpu + broker) / alone_cpu.max(1e-9)
+                );
+            }
         }
         series.push(run.series);
         if a.latency_rate > 0 {
