@@ -63,6 +63,13 @@ pub struct SinkStatus {
     park: Arc<ParkCounts>,
 }
 
+/// Counts `n` down, never below zero (a count read by a status page must not wrap).
+fn saturating_sub(counter: &AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+        Some(c.saturating_sub(n))
+    });
+}
+
 /// A copy of one sink's status at one moment.
 #[derive(Debug, Clone, Serialize)]
 pub struct SinkSnapshot {
@@ -156,11 +163,7 @@ impl SinkStatus {
 
     /// Events this sink finished: delivered, parked or quarantined.
     pub fn sub_unfinished(&self, n: u64) {
-        let _ = self
-            .unfinished
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
-                Some(q.saturating_sub(n))
-            });
+        saturating_sub(&self.unfinished, n);
     }
 
     /// Events routed to this sink and not yet finished: what it holds of the in-flight window.
@@ -170,11 +173,7 @@ impl SinkStatus {
 
     /// Events its worker took from the queue.
     pub fn sub_queued(&self, n: u64) {
-        let _ = self
-            .queued
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
-                Some(q.saturating_sub(n))
-            });
+        saturating_sub(&self.queued, n);
     }
 
     pub fn queued(&self) -> u64 {

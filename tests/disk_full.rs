@@ -205,19 +205,7 @@ async fn a_compaction_on_a_full_disk_fails_cleanly_and_the_store_goes_on() {
     let store = Store::open(&path).unwrap();
     // About 4 MiB outside the parks, for the copy to need room.
     let entries: Vec<QuarantineEntry> = (0..2000)
-        .map(|i| QuarantineEntry {
-            quarantined_at: "2026-11-22T10:00:00.000Z".into(),
-            sink: None,
-            kind: "not_json".into(),
-            reason: "expected a JSON object".into(),
-            topic: "t".into(),
-            partition: 0,
-            offset: i,
-            timestamp_ms: None,
-            key: None,
-            value: Some(format!("{i:06}{}", "q".repeat(2000))),
-            value_base64: None,
-        })
+        .map(|i| quarantined(i, format!("{i:06}{}", "q".repeat(2000))))
         .collect();
     for chunk in entries.chunks(100) {
         store.quarantine_durably(chunk).await.unwrap();

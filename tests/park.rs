@@ -688,7 +688,9 @@ fn compaction_child() {
         };
         // A few MiB outside the parks, so that a compaction has something to copy.
         if store.quarantine_entries().next().is_none() {
-            let filler: Vec<_> = (0..3000).map(|i| quarantined(-1 - i, 1000)).collect();
+            let filler: Vec<_> = (0..3000)
+                .map(|i| common::quarantined(-1 - i, "q".repeat(1000)))
+                .collect();
             store.quarantine_durably(&filler).await.unwrap();
         }
         for i in 0.. {
@@ -698,7 +700,7 @@ fn compaction_child() {
                 println!("parked {seq}");
             }
             store
-                .quarantine_durably(&[quarantined(offset, 10)])
+                .quarantine_durably(&[common::quarantined(offset, "q".repeat(10))])
                 .await
                 .unwrap();
             println!("quarantined {offset}");
@@ -725,22 +727,6 @@ fn compaction_child() {
             );
         }
     });
-}
-
-fn quarantined(offset: i64, pad: usize) -> auditstream::park::quarantine::QuarantineEntry {
-    auditstream::park::quarantine::QuarantineEntry {
-        quarantined_at: "2026-11-22T10:00:00.000Z".into(),
-        sink: None,
-        kind: "not_json".into(),
-        reason: "expected a JSON object".into(),
-        topic: "t".into(),
-        partition: 0,
-        offset,
-        timestamp_ms: None,
-        key: None,
-        value: Some("q".repeat(pad)),
-        value_base64: None,
-    }
 }
 
 /// kill -9 of a real process while it compacts the store (and parks, quarantines, queues and

@@ -410,3 +410,21 @@ pub fn parse_seen(lines: &[String]) -> Vec<Seen> {
 }
 
 pub mod instances;
+
+/// A quarantine entry of partition `t/0` at `offset` holding `value` (for tests of the park
+/// store).
+pub fn quarantined(offset: i64, value: String) -> auditstream::park::quarantine::QuarantineEntry {
+    auditstream::park::quarantine::QuarantineEntry {
+        quarantined_at: "2026-11-22T10:00:00.000Z".into(),
+        sink: None,
+        kind: "not_json".into(),
+        reason: "expected a JSON object".into(),
+        topic: "t".into(),
+        partition: 0,
+        offset,
+        timestamp_ms: None,
+        key: None,
+        value: Some(value),
+        value_base64: None,
+    }
+}
