@@ -32,10 +32,10 @@
 //! **Spilling.** A sink that is slow but not failing would hold the source's in-flight window
 //! (`pipeline.max_in_flight_events`) and, once it is full, every other sink would wait for it.
 //! So when the source has paused for that reason and this sink holds at least its share of
-//! the window unfinished (and another sink far less), its next batches go to the park instead (the same path as a
-//! failure: durable, then finished), the window frees, and the others go on at full speed;
-//! the replayer delivers the park in order at the slow sink's own pace (`recovering`). With a
-//! single sink there is nobody to let through, so it never spills.
+//! the window unfinished (and another sink far less), its next batches go to the park instead
+//! (the same path as a failure: durable, then finished), the window frees, and the others go
+//! on at full speed; the replayer delivers the park in order at the slow sink's own pace
+//! (`recovering`). With a single sink there is nobody to let through, so it never spills.
 //!
 //! **Limits.** When the park reaches `park.max_bytes`, `when_full = "block"` makes the intake
 //! wait for room (its queue fills, the source pauses its partitions, Kafka keeps the data, and
@@ -161,8 +161,8 @@ impl Worker {
         // Rendering is most of a sink's CPU: the events waiting in the queue are taken in
         // chunks (`recv_many`: one wake-up for many events, where `recv` stops at tokio's
         // budget of 128 per poll), rendered as tasks on every core, put back in order
-        // (`buffered`), and handed to the batcher a chunk at a time. They
-        // count as queued (on the status page) until their chunk is rendered.
+        // (`buffered`), and handed to the batcher a chunk at a time. They count as queued (on
+        // the status page) until their chunk is rendered.
         let records = futures::stream::unfold(queue, |mut q| async move {
             let mut chunk = Vec::with_capacity(RENDER_CHUNK);
             (q.recv_many(&mut chunk, RENDER_CHUNK).await > 0).then_some((chunk, q))
