@@ -62,6 +62,10 @@ fn load_or_report(path: &Path) -> Result<(Config, Templates), ExitCode> {
     })
 }
 
+/// Logged by `run` once SIGINT and SIGTERM stop it gracefully; before that line, a signal
+/// ends the process with the default action. Tests that send signals wait for it.
+pub const SIGNALS_HANDLED: &str = "signals handled";
+
 /// `auditstream run`: the daemon.
 pub async fn run(path: &Path) -> ExitCode {
     let (config, templates) = match load_or_report(path) {
@@ -73,6 +77,7 @@ pub async fn run(path: &Path) -> ExitCode {
         tracing::error!(error = %e, "cannot listen for signals");
         return ExitCode::from(FAILURE);
     }
+    tracing::info!("{SIGNALS_HANDLED}: SIGINT or SIGTERM stops gracefully, a second one at once");
     let result = match Pipeline::build(config, templates).await {
         Ok(p) => {
             // After a failed park write (a full disk) the daemon restarts itself in place once

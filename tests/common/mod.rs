@@ -190,7 +190,18 @@ impl Daemon {
         }
     }
 
+    /// Sends `sig`. SIGINT and SIGTERM wait until the daemon handles them (its log says
+    /// [`auditstream::cli::SIGNALS_HANDLED`]): sent earlier, the default action would end it,
+    /// and a test whose conditions held at once (everything delivered by an earlier run) would
+    /// see a daemon killed instead of stopped.
     pub fn signal(&self, sig: i32) {
+        if sig == libc::SIGTERM || sig == libc::SIGINT {
+            wait_for(
+                "the daemon to handle signals",
+                Duration::from_secs(60),
+                || self.log_text().contains(auditstream::cli::SIGNALS_HANDLED),
+            );
+        }
         // SAFETY: kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
         assert_eq!(rc, 0, "kill failed");
