@@ -514,8 +514,10 @@ fn kill_dash_nine_while_parking_and_draining_loses_nothing() {
         let ids = producer.join().unwrap();
         switch.set(true);
         let mut d = Daemon::start(&path, &dir.path().join("final.log"));
-        // Started (the park opened and scanned, signals handled) before anything is judged:
-        // earlier rounds may already have delivered every event.
+        // Started (the park opened and scanned) before anything is judged: earlier rounds may
+        // already have delivered every event, and the drain check below reads the start-up
+        // lines. (Signals are the helper's concern: `Daemon::signal` waits until they are
+        // handled.)
         let log = d.log.clone();
         wait_for("the final daemon to start", LONG, || {
             std::fs::read_to_string(&log)
