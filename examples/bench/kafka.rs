@@ -19,12 +19,12 @@ use rdkafka::Message;
 
 use crate::chart::Series;
 
-/// A producer tuned for loading a topic quickly.
-pub fn producer(brokers: &str) -> BaseProducer {
+/// A producer tuned for loading a topic quickly, putting at most `batch` messages in a batch.
+fn producer(brokers: &str, batch: usize) -> BaseProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
+        .set("batch.num.messages", batch.to_string())
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
         .create()
@@ -50,16 +50,36 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     }
 }
 
-/// Produces `n` events (generated, padded to about `bytes`), keyed by workspace.
-pub fn produce(p: &BaseProducer, topic: &str, n: usize, bytes: usize) {
-    let mut g = crate::Padded::new(bytes);
-    for _ in 0..n {
-        let (key, payload) = g.next_message();
-        auditstream::embedded_kafka::send(p, topic, None, Some(key.as_bytes()), Some(&payload))
-            .expect("produce");
-        p.poll(Duration::ZERO);
-    }
-    p.flush(Duration::from_secs(120)).expect("flush");
+/// Producers loading the topic at once. Each has its own connection: with batches of one
+/// message, Tansu answers a connection's produce requests one after another, so one producer
+/// loads about 7,000 events/s and several load proportionally more.
+const PRODUCERS: usize = 8;
+
+/// Produces `n` events (generated, padded to about `bytes`, keyed by workspace) in batches of
+/// at most `batch` messages, from [`PRODUCERS`] producers at once.
+pub fn produce(brokers: &str, topic: &str, n: usize, bytes: usize, batch: usize) {
+    std::thread::scope(|s| {
+        for i in 0..PRODUCERS {
+            let count = n / PRODUCERS + usize::from(i < n % PRODUCERS);
+            s.spawn(move || {
+                let p = producer(brokers, batch);
+                let mut g = crate::Padded::new(i as u64, bytes);
+                for _ in 0..count {
+                    let (key, payload) = g.next_message();
+                    auditstream::embedded_kafka::send(
+                        &p,
+                        topic,
+                        None,
+                        Some(key.as_bytes()),
+                        Some(&payload),
+                    )
+                    .expect("produce");
+                    p.poll(Duration::ZERO);
+                }
+                p.flush(Duration::from_secs(600)).expect("flush");
+            });
+        }
+    });
 }
 
 /// Reads `n` messages from the start of `topic` with a plain consumer, copying each value
@@ -222,8 +242,8 @@ pub async fn latency(brokers: &str, topic: &str, rate: u64, seconds: u64, dir: &
     let topic = topic.to_string();
     // Paced in steps of 10 ms, on a thread of its own.
     tokio::task::spawn_blocking(move || {
-        let p = producer(&brokers);
-        let mut g = crate::Padded::new(500);
+        let p = producer(&brokers, 10_000);
+        let mut g = crate::Padded::new(0, 500);
         let started = Instant::now();
         for i in 0..total {
             let due = started + Duration::from_micros(i * 1_000_000 / rate);

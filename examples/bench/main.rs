@@ -10,7 +10,7 @@
 //! cargo run --release --example bench -- [--events N] [--event-bytes B]
 //!     [--sinks file,s3,http|none] [--park] [--kafka | --brokers HOST:PORT]
 //!     [--latency-rate R] [--latency-seconds S] [--in-flight N] [--broker-pid PID]
-//!     [--chart target/bench.svg]
+//!     [--partitions N] [--produce-batch N] [--chart target/bench.svg]
 //! ```
 //!
 //! `--broker-pid PID` (the broker's process on this machine, for example
@@ -18,17 +18,28 @@
 //! on one machine the broker takes its share of the same cores.
 //!
 //! `--in-flight` sets `pipeline.max_in_flight_events` for the runs from Kafka (default: the
-//! daemon's). The broker of `../shared/tools/real-kafka` (Tansu 0.6) serves nothing more to a
-//! consumer whose partitions were paused and resumed, which the daemon does whenever its window
-//! fills; against it, give a window larger than `--events`.
+//! daemon's). `--partitions N` makes the topic with N partitions (default 4), and
+//! `--produce-batch N` puts at most N messages in a produced batch (default 10,000).
+//!
+//! The broker of `../shared/tools/real-kafka` (Tansu 0.6) answers a fetch that starts inside a
+//! record batch with the batches after it: the rest of that batch is never delivered. (Seen
+//! with a bare rdkafka consumer that paused and resumed its partitions: resumed at offset
+//! 8,270 of a partition, it was sent records from 9,775 on; 4 % of the topic never arrived.)
+//! A consumer resumes inside a batch after its partitions were paused, which the daemon does
+//! whenever its window fills. So, against Tansu, either give a window larger than `--events`
+//! (the window never fills, but memory grows with what is read ahead), or produce one message
+//! per batch (`--produce-batch 1`, with `--partitions 64`, as Tansu sends one batch per
+//! partition per fetch; it loads about 16,000 such events/s and serves about 100,000/s, so
+//! the runs from it measure the broker's rate, not the pipeline's).
 //!
 //! It prints events/s and MiB/s (of event JSON in) per sink, the peak RSS of each phase (the
 //! high-water mark is reset between phases), the CPU time the process used per event (all
 //! threads, in-process destination servers and librdkafka included: on a machine shared with
-//! other work, `cores / (µs per event)` is the rate idle cores would give), and writes an SVG
-//! chart of events/s over each run. With `--park` it also measures the park: batches of 1000 rendered events written
-//! durably (each append flushed), then replayed in order to a file sink, each entry released
-//! with its receipt.
+//! other work, `cores / (µs per event)` is the rate idle cores would give), how many of the
+//! machine's cores were busy meanwhile (with anything: the broker and other processes count,
+//! from `/proc/stat`), and writes an SVG chart of events/s over each run. With `--park` it
+//! also measures the park: batches of 1000 rendered events written durably (each append
+//! flushed), then replayed in order to a file sink, each entry released with its receipt.
 
 mod chart;
 mod kafka;
@@ -54,8 +65,12 @@ use bytes::Bytes;
 
 const TEMPLATE: &str = r#"{"time":{{json timestamp}},"user":{{json actor.id}},"user_type":"{{upper actor.type}}","action":{{json action}},"result":{{json (default outcome "unknown")}},"target":"{{entity.type}}:{{entity.id}}","src_ip":{{json (default metadata.ip null)}},"agent":{{json metadata.user_agent}},"request":{{json metadata.request_id}},"changes":{{json changes}},"kafka":"{{_kafka.topic}}/{{_kafka.partition}}@{{_kafka.offset}}"}"#;
 const IN_FLIGHT: u64 = 50_000;
-/// Distinct payloads generated up front; longer runs cycle through them.
-const POOL: usize = 200_000;
+/// Distinct payloads generated up front; runs cycle through them. The feeder copies each one,
+/// as the source copies a message out of librdkafka, so every event owns its payload as in
+/// the daemon, and the peak RSS is the pipeline's (the pool is about 5 MiB).
+const POOL: usize = 10_000;
+/// Events the park phase writes and replays (fewer when `--events` is smaller).
+const PARK_EVENTS: usize = 200_000;
 
 struct Args {
     events: usize,
@@ -69,6 +84,8 @@ struct Args {
     chart: String,
     in_flight: Option<u64>,
     broker_pid: Option<u32>,
+    produce_batch: usize,
+    partitions: i32,
 }
 
 fn args() -> Args {
@@ -84,6 +101,8 @@ fn args() -> Args {
         chart: "target/bench.svg".into(),
         in_flight: None,
         broker_pid: None,
+        produce_batch: 10_000,
+        partitions: 4,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -100,6 +119,8 @@ fn args() -> Args {
             "--chart" => a.chart = value,
             "--in-flight" => a.in_flight = Some(value.parse().expect("--in-flight N")),
             "--broker-pid" => a.broker_pid = Some(value.parse().expect("--broker-pid PID")),
+            "--partitions" => a.partitions = value.parse().expect("--partitions N"),
+            "--produce-batch" => a.produce_batch = value.parse().expect("--produce-batch N"),
             flag @ ("--park" | "--kafka") => {
                 if flag == "--park" {
                     a.park = true;
@@ -123,9 +144,10 @@ pub struct Padded {
 }
 
 impl Padded {
-    pub fn new(bytes: usize) -> Self {
+    /// Events from the generator seeded with `seed`.
+    pub fn new(seed: u64, bytes: usize) -> Self {
         Self {
-            g: Generator::new(7, 64),
+            g: Generator::new(7 + seed, 64),
             bytes,
         }
     }
@@ -141,7 +163,7 @@ impl Padded {
 }
 
 fn payloads(n: usize, bytes: usize) -> Vec<Bytes> {
-    let mut g = Padded::new(bytes);
+    let mut g = Padded::new(0, bytes);
     (0..n).map(|_| g.next_message().1).collect()
 }
 
@@ -284,7 +306,7 @@ async fn run_one(
                 timestamp_ms: Some(1_767_225_600_000),
                 key: None,
                 headers: vec![],
-                payload: Some(p.clone()),
+                payload: Some(Bytes::copy_from_slice(p)),
             };
             let event = decode(msg, 1 << 20).expect("generated events decode");
             if queue.send(Arc::new(event)).is_err() {
@@ -336,12 +358,13 @@ async fn sample(status: Arc<SinkStatus>) {
 }
 
 /// Park write (durable) and replay times for `payloads` as 1000-event batches.
-async fn park_bench(payloads: &[Bytes], dir: &Path) -> (Duration, Duration) {
+async fn park_bench(payloads: &[Bytes], count: usize, dir: &Path) -> (Duration, Duration) {
     use auditstream::batch::{Batch, Record};
     use auditstream::event::TopicPartition;
     let store = Store::open(&dir.join("park")).unwrap();
     let park = store.sink_park("bench").unwrap();
-    let batches: Vec<Batch> = payloads
+    let events: Vec<&Bytes> = payloads.iter().cycle().take(count).collect();
+    let batches: Vec<Batch> = events
         .chunks(1000)
         .enumerate()
         .map(|(i, chunk)| {
@@ -417,12 +440,41 @@ fn process_cpu_micros(pid: u32) -> Option<u64> {
 
 /// The CPU time used when the current phase started.
 static PHASE_CPU: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The machine's CPU ticks (busy, all) when the current phase started.
+static PHASE_TICKS: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
+
+/// The whole machine's CPU ticks so far, every process's: (busy, all), from `/proc/stat`.
+/// Busy is user, nice, system, irq and softirq; all adds idle, iowait and steal.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let t: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let at = |i: usize| t.get(i).copied().unwrap_or(0);
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+    (busy, busy + at(3) + at(4) + at(7))
+}
+
+/// How many of the machine's cores were busy (with anything) since the phase started.
+fn phase_busy_cores() -> f64 {
+    let (busy0, all0) = *PHASE_TICKS.lock().unwrap();
+    let (busy, all) = machine_ticks();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (busy - busy0) as f64 / (all - all0).max(1) as f64 * cores as f64
+}
 
 /// Starts a phase: resets the peak RSS (VmHWM) to the current RSS, so the phase measures its
 /// own, and notes the CPU time used so far.
 fn start_phase() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     PHASE_CPU.store(cpu_micros(), std::sync::atomic::Ordering::Relaxed);
+    *PHASE_TICKS.lock().unwrap() = machine_ticks();
 }
 
 /// CPU µs per event since the phase started: what the rate would be on idle cores is
@@ -435,13 +487,14 @@ fn phase_cpu_per_event(n: usize) -> Option<f64> {
 fn rate_line(what: &str, n: usize, bytes: usize, took: Duration, cpu: Option<f64>) {
     let secs = took.as_secs_f64().max(1e-9);
     println!(
-        "{:<28} {:>10.0} {:>8.1} {:>8.2} {:>9.0} {:>10}",
+        "{:<28} {:>10.0} {:>8.1} {:>8.2} {:>9.0} {:>10} {:>10}",
         what,
         n as f64 / secs,
         bytes as f64 / 1048576.0 / secs,
         secs,
         peak_rss_mib(),
-        cpu.map_or(String::new(), |c| format!("{c:.1}"))
+        cpu.map_or(String::new(), |c| format!("{c:.1}")),
+        cpu.map_or(String::new(), |_| format!("{:.2}", phase_busy_cores()))
     );
 }
 
@@ -462,8 +515,8 @@ async fn main() {
         TEMPLATE.len()
     );
     println!(
-        "{:<28} {:>10} {:>8} {:>8} {:>9} {:>10}",
-        "phase", "events/s", "MiB/s", "seconds", "peak RSS", "CPU µs/ev"
+        "{:<28} {:>10} {:>8} {:>8} {:>9} {:>10} {:>10}",
+        "phase", "events/s", "MiB/s", "seconds", "peak RSS", "CPU µs/ev", "busy cores"
     );
     let mut series = Vec::new();
     // The file sink's run without Kafka (duration, CPU µs per event), to compare with the run
@@ -499,21 +552,11 @@ async fn main() {
         if a.park {
             let dir = tempfile::tempdir().unwrap();
             start_phase();
-            let (write, replay) = park_bench(&payloads, dir.path()).await;
-            rate_line(
-                "park: written durably",
-                payloads.len(),
-                pool_bytes,
-                write,
-                None,
-            );
-            rate_line(
-                "park: replayed to a file",
-                payloads.len(),
-                pool_bytes,
-                replay,
-                None,
-            );
+            let n = a.events.min(PARK_EVENTS);
+            let (write, replay) = park_bench(&payloads, n, dir.path()).await;
+            let bytes = pool_bytes * n / payloads.len().max(1);
+            rate_line("park: written durably", n, bytes, write, None);
+            rate_line("park: replayed to a file", n, bytes, replay, None);
         }
     }
     let mut embedded = None;
@@ -528,13 +571,14 @@ async fn main() {
         (None, false) => None,
     };
     // The in-process cluster makes topics through its handle, a real broker by request.
+    let partitions = a.partitions;
     let create_topic = |topic: String| {
         let brokers = brokers.clone().unwrap_or_default();
         let embedded = &embedded;
         async move {
             match embedded {
-                Some(k) => k.create_topic(&topic, 4).expect("create topic"),
-                None => kafka::create_topic(&brokers, &topic, 4).await,
+                Some(k) => k.create_topic(&topic, partitions).expect("create topic"),
+                None => kafka::create_topic(&brokers, &topic, partitions).await,
             }
         }
     };
@@ -542,9 +586,9 @@ async fn main() {
         let topic = format!("bench-{}", std::process::id());
         create_topic(topic.clone()).await;
         let started = Instant::now();
-        let producer = kafka::producer(&brokers);
-        tokio::task::block_in_place(|| kafka::produce(&producer, &topic, a.events, a.event_bytes));
-        drop(producer);
+        tokio::task::block_in_place(|| {
+            kafka::produce(&brokers, &topic, a.events, a.event_bytes, a.produce_batch)
+        });
         let bytes = a.events * a.event_bytes;
         println!(
             "{:<28} {:>10.0}",
