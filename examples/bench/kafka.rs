@@ -91,6 +91,8 @@ pub fn bare_consume(brokers: &str, topic: &str, n: usize) -> Duration {
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
+        // As the daemon sets it (`source::client_config`).
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .expect("a consumer");
     c.subscribe(&[topic]).expect("subscribe");
@@ -134,7 +136,8 @@ pub struct Run {
 }
 
 /// Runs the pipeline on `topic` until `n` events are delivered by its one sink, sampling
-/// events/s every 250 ms; then stops it gracefully.
+/// events/s every 250 ms (and, with `timeline`, printing what was read, queued and delivered
+/// at each sample, to stderr); then stops it gracefully.
 pub async fn run_pipeline(
     brokers: &str,
     topic: &str,
@@ -142,7 +145,7 @@ pub async fn run_pipeline(
     n: u64,
     in_flight: Option<u64>,
     dir: &Path,
-    label: &str,
+    timeline: bool,
 ) -> Run {
     let text = config(brokers, topic, sink, in_flight, dir);
     let config = parse_str(&text, "bench", &|_| None).unwrap_or_else(|e| panic!("{e}"));
@@ -169,6 +172,16 @@ pub async fn run_pipeline(
         if let (Some(start), Some((t, at))) = (first, last_sample) {
             if now - t >= Duration::from_millis(250) || delivered >= n {
                 let rate = (delivered - at) as f64 / (now - t).as_secs_f64();
+                if timeline {
+                    eprintln!(
+                        "{:>6.2} s  read {:>9}  queued {:>8}  unfinished {:>8}  delivered {:>9}  {rate:>7.0}/s",
+                        (now - start).as_secs_f64(),
+                        status.source.consumed(),
+                        sink.queued(),
+                        sink.unfinished(),
+                        delivered,
+                    );
+                }
                 points.push(((now - start).as_secs_f64(), rate));
                 last_sample = Some((now, delivered));
             }
@@ -184,7 +197,7 @@ pub async fn run_pipeline(
     Run {
         took,
         series: Series {
-            label: label.to_string(),
+            label: "file, from Kafka".to_string(),
             points,
         },
     }

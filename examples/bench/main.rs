@@ -10,15 +10,19 @@
 //! cargo run --release --example bench -- [--events N] [--event-bytes B]
 //!     [--sinks file,s3,http|none] [--park] [--kafka | --brokers HOST:PORT]
 //!     [--latency-rate R] [--latency-seconds S] [--in-flight N] [--broker-pid PID]
-//!     [--partitions N] [--produce-batch N] [--chart target/bench.svg]
+//!     [--partitions N] [--produce-batch N] [--timeline] [--chart target/bench.svg]
 //! ```
 //!
 //! `--broker-pid PID` (the broker's process on this machine, for example
 //! `$(cat ~/.cache/tansu/pid)`) adds the CPU the broker used while the pipeline read from it:
 //! on one machine the broker takes its share of the same cores.
 //!
+//! `--timeline` prints, every 250 ms of the run from Kafka, what the pipeline has read, what
+//! waits in the sink's queue, what is unfinished and what is delivered (to stderr).
+//!
 //! `--in-flight` sets `pipeline.max_in_flight_events` for the runs from Kafka (default: the
-//! daemon's). `--partitions N` makes the topic with N partitions (default 4), and
+//! daemon's); the file sink is then also run without Kafka at that window, to compare at the
+//! same window. `--partitions N` makes the topic with N partitions (default 4), and
 //! `--produce-batch N` puts at most N messages in a produced batch (default 10,000).
 //!
 //! The broker of `../shared/tools/real-kafka` (Tansu 0.6) answers a fetch that starts inside a
@@ -64,6 +68,7 @@ use auditstream::template::{sample, Templates};
 use bytes::Bytes;
 
 const TEMPLATE: &str = r#"{"time":{{json timestamp}},"user":{{json actor.id}},"user_type":"{{upper actor.type}}","action":{{json action}},"result":{{json (default outcome "unknown")}},"target":"{{entity.type}}:{{entity.id}}","src_ip":{{json (default metadata.ip null)}},"agent":{{json metadata.user_agent}},"request":{{json metadata.request_id}},"changes":{{json changes}},"kafka":"{{_kafka.topic}}/{{_kafka.partition}}@{{_kafka.offset}}"}"#;
+/// The window of the runs without Kafka: the daemon's default `max_in_flight_events`.
 const IN_FLIGHT: u64 = 50_000;
 /// Distinct payloads generated up front; runs cycle through them. The feeder copies each one,
 /// as the source copies a message out of librdkafka, so every event owns its payload as in
@@ -86,6 +91,7 @@ struct Args {
     broker_pid: Option<u32>,
     produce_batch: usize,
     partitions: i32,
+    timeline: bool,
 }
 
 fn args() -> Args {
@@ -103,6 +109,7 @@ fn args() -> Args {
         broker_pid: None,
         produce_batch: 10_000,
         partitions: 4,
+        timeline: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -121,11 +128,11 @@ fn args() -> Args {
             "--broker-pid" => a.broker_pid = Some(value.parse().expect("--broker-pid PID")),
             "--partitions" => a.partitions = value.parse().expect("--partitions N"),
             "--produce-batch" => a.produce_batch = value.parse().expect("--produce-batch N"),
-            flag @ ("--park" | "--kafka") => {
-                if flag == "--park" {
-                    a.park = true;
-                } else {
-                    a.kafka = true;
+            flag @ ("--park" | "--kafka" | "--timeline") => {
+                match flag {
+                    "--park" => a.park = true,
+                    "--kafka" => a.kafka = true,
+                    _ => a.timeline = true,
                 }
                 i += 1;
                 continue;
@@ -233,6 +240,7 @@ async fn run_one(
     kind: &str,
     payloads: Arc<Vec<Bytes>>,
     count: usize,
+    window: u64,
     dir: &Path,
 ) -> (Duration, chart::Series) {
     let text = format!(
@@ -290,7 +298,7 @@ async fn run_one(
         let topic: Arc<str> = "bench".into();
         let mut finished = 0u64;
         for (i, p) in payloads.iter().cycle().take(count).enumerate() {
-            while i as u64 - finished >= IN_FLIGHT {
+            while i as u64 - finished >= window {
                 match reports.recv_timeout(Duration::from_millis(100)) {
                     Ok(r) => finished += r.offsets.len() as u64,
                     Err(RecvTimeoutError::Timeout) => {}
@@ -522,6 +530,8 @@ async fn main() {
     // The file sink's run without Kafka (duration, CPU µs per event), to compare with the run
     // from Kafka.
     let mut file_alone: Option<(Duration, f64)> = None;
+    // The same with the window of the runs from Kafka, when that is another.
+    let mut file_same_window: Option<(Duration, f64)> = None;
     if !a.sinks.is_empty() {
         let payloads = Arc::new(payloads(a.events.min(POOL), a.event_bytes));
         let pool_bytes: usize = payloads.iter().map(|p| p.len()).sum();
@@ -530,7 +540,7 @@ async fn main() {
         for kind in &a.sinks {
             let dir = tempfile::tempdir().unwrap();
             start_phase();
-            let (took, s) = run_one(kind, payloads.clone(), a.events, dir.path()).await;
+            let (took, s) = run_one(kind, payloads.clone(), a.events, IN_FLIGHT, dir.path()).await;
             let cpu = phase_cpu_per_event(a.events);
             rate_line(&format!("{kind} (no Kafka)"), a.events, bytes, took, cpu);
             if kind == "file" {
@@ -538,6 +548,27 @@ async fn main() {
             }
             series.push(s);
             total += took;
+        }
+        // The runs from Kafka may need a larger window (see the header); the file sink is
+        // run again with it, so that Kafka's cost is compared at the same window (a larger
+        // window holds more in memory, and fresh pages cost CPU).
+        if let (Some(window), true, true) = (
+            a.in_flight.filter(|w| *w != IN_FLIGHT),
+            a.brokers.is_some() || a.kafka,
+            a.sinks.iter().any(|k| k == "file"),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            start_phase();
+            let (took, _) = run_one("file", payloads.clone(), a.events, window, dir.path()).await;
+            let cpu = phase_cpu_per_event(a.events);
+            rate_line(
+                &format!("file (no Kafka), window {window}"),
+                a.events,
+                bytes,
+                took,
+                cpu,
+            );
+            file_same_window = cpu.map(|c| (took, c));
         }
         if a.sinks.len() > 1 {
             let n = a.events * a.sinks.len();
@@ -615,7 +646,7 @@ async fn main() {
             a.events as u64,
             a.in_flight,
             dir.path(),
-            "file, from Kafka",
+            a.timeline,
         )
         .await;
         let cpu = phase_cpu_per_event(a.events);
@@ -636,13 +667,20 @@ async fn main() {
             "  of the bare consumer",
             100.0 * bare.as_secs_f64() / run.took.as_secs_f64().max(1e-9)
         );
-        if let (Some((alone, alone_cpu)), Some(cpu)) = (file_alone, cpu) {
-            println!(
-                "{:<28} {:>9.0}%   CPU per event {:.0}% of it",
-                "  of the file sink alone",
-                100.0 * alone.as_secs_f64() / run.took.as_secs_f64().max(1e-9),
-                100.0 * cpu / alone_cpu.max(1e-9)
-            );
+        let windows = [
+            (IN_FLIGHT, file_alone),
+            (a.in_flight.unwrap_or(IN_FLIGHT), file_same_window),
+        ];
+        for (window, alone) in windows {
+            if let (Some((alone, alone_cpu)), Some(cpu)) = (alone, cpu) {
+                println!(
+                    "  of the file sink alone at a window of {window}: {:.0}%, CPU per event {:.0}% of it",
+                    100.0 * alone.as_secs_f64() / run.took.as_secs_f64().max(1e-9),
+                    100.0 * cpu / alone_cpu.max(1e-9)
+                );
+            }
+        }
+        if let (Some((_, alone_cpu)), Some(cpu)) = (file_alone, cpu) {
             if let Some(broker) = broker_cpu {
                 println!(
                     "{:<28} CPU per event {broker:.1} µs; the pipeline's own and the broker's together {:.0}% of the file sink alone",
