@@ -25,25 +25,24 @@
 //! same window. `--partitions N` makes the topic with N partitions (default 4), and
 //! `--produce-batch N` puts at most N messages in a produced batch (default 10,000).
 //!
-//! The broker of `../shared/tools/real-kafka` (Tansu 0.6) answers a fetch that starts inside a
-//! record batch with the batches after it: the rest of that batch is never delivered. (Seen
-//! with a bare rdkafka consumer that paused and resumed its partitions: resumed at offset
-//! 8,270 of a partition, it was sent records from 9,775 on; 4 % of the topic never arrived.)
-//! A consumer resumes inside a batch after its partitions were paused, which the daemon does
-//! whenever its window fills. So, against Tansu, either give a window larger than `--events`
-//! (the window never fills, but memory grows with what is read ahead), or produce one message
-//! per batch (`--produce-batch 1`, with `--partitions 64`, as Tansu sends one batch per
-//! partition per fetch; it loads about 16,000 such events/s and serves about 100,000/s, so
-//! the runs from it measure the broker's rate, not the pipeline's).
+//! The broker of `../shared/tools/real-kafka` (Tansu 0.6) skips the rest of a record batch
+//! when a fetch starts inside it, which is where a consumer resumes after the daemon paused
+//! its partitions (its window full); the README's performance section has the details. So,
+//! against Tansu, either give a window larger than `--events` (the window never fills, but
+//! memory grows with what is read ahead), or produce one message per batch (`--produce-batch
+//! 1 --partitions 64`; Tansu is then much slower, so the runs measure the broker).
 //!
 //! It prints events/s and MiB/s (of event JSON in) per sink, the peak RSS of each phase (the
 //! high-water mark is reset between phases), the CPU time the process used per event (all
 //! threads, in-process destination servers and librdkafka included: on a machine shared with
 //! other work, `cores / (µs per event)` is the rate idle cores would give), how many of the
 //! machine's cores were busy meanwhile (with anything: the broker and other processes count,
-//! from `/proc/stat`), and writes an SVG chart of events/s over each run. With `--park` it
-//! also measures the park: batches of 1000 rendered events written durably (each append
-//! flushed), then replayed in order to a file sink, each entry released with its receipt.
+//! from `/proc/stat`), and writes an SVG chart of events/s over each run. CPU per event and
+//! busy cores cover the whole phase, start-up and stop included (for the runs from Kafka,
+//! joining the group), where the rate is timed from the first message read. With `--park` it
+//! also measures the park: `--events` (at most 200,000) rendered events in batches of 1000,
+//! written durably (each append flushed), then replayed in order to a file sink, each entry
+//! released with its receipt.
 
 mod chart;
 mod kafka;
@@ -137,7 +136,7 @@ fn args() -> Args {
                 i += 1;
                 continue;
             }
-            other => panic!("unknown argument {other}; see the header of examples/bench.rs"),
+            other => panic!("unknown argument {other}; see the header of examples/bench/main.rs"),
         }
         i += 2;
     }
@@ -469,12 +468,19 @@ fn machine_ticks() -> (u64, u64) {
     (busy, busy + at(3) + at(4) + at(7))
 }
 
-/// How many of the machine's cores were busy (with anything) since the phase started.
+/// How many of the machine's cores were busy (with anything) since the phase started. The
+/// machine's cores are the `cpuN` lines of `/proc/stat`, which a container's CPU limit does
+/// not change.
 fn phase_busy_cores() -> f64 {
     let (busy0, all0) = *PHASE_TICKS.lock().unwrap();
     let (busy, all) = machine_ticks();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (busy - busy0) as f64 / (all - all0).max(1) as f64 * cores as f64
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cores = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count()
+        .max(1);
+    busy.saturating_sub(busy0) as f64 / all.saturating_sub(all0).max(1) as f64 * cores as f64
 }
 
 /// Starts a phase: resets the peak RSS (VmHWM) to the current RSS, so the phase measures its
@@ -663,8 +669,7 @@ async fn main() {
             cpu,
         );
         println!(
-            "{:<28} {:>9.0}%",
-            "  of the bare consumer",
+            "  of the bare consumer: {:.0}%",
             100.0 * bare.as_secs_f64() / run.took.as_secs_f64().max(1e-9)
         );
         let windows = [
@@ -683,8 +688,7 @@ async fn main() {
         if let (Some((_, alone_cpu)), Some(cpu)) = (file_alone, cpu) {
             if let Some(broker) = broker_cpu {
                 println!(
-                    "{:<28} CPU per event {broker:.1} µs; the pipeline's own and the broker's together {:.0}% of the file sink alone",
-                    "  the broker, same cores",
+                    "  the broker, on the same cores: CPU per event {broker:.1} µs; the pipeline's own and the broker's together {:.0}% of the file sink alone at a window of {IN_FLIGHT}",
                     100.0 * (cpu + broker) / alone_cpu.max(1e-9)
                 );
             }
