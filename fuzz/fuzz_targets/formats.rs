@@ -12,7 +12,7 @@ use auditstream::config::load::Locator;
 use auditstream::config::parse_str;
 use auditstream::template::{sample, Templates};
 use auditstream_fuzz::siem_readers::{parse_cef, parse_leef, CEF_FIELDS, LEEF_FIELDS};
-use auditstream_fuzz::{event_from, get, text, without_kafka};
+use auditstream_fuzz::{event_from, get, looks_up_a_name_in_a_list, text, without_kafka};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -50,14 +50,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let t = templates();
-    let out: Vec<String> = FORMATS
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            t.render(i, &event)
-                .unwrap_or_else(|e| panic!("{f} fails: {e}"))
-        })
-        .collect();
+    let fields = event.fields().expect("event_from checked");
+    let mut out = Vec::with_capacity(FORMATS.len());
+    for (i, f) in FORMATS.iter().enumerate() {
+        match t.render(i, &event) {
+            Ok(line) => out.push(line),
+            // The one render failure the README documents (`default` cannot cover it).
+            Err(e) if looks_up_a_name_in_a_list(&fields, &e.to_string()) => return,
+            Err(e) => panic!("{f} fails: {e}"),
+        }
+    }
     let out = |f: &str| -> &str {
         let i = FORMATS.iter().position(|n| *n == f).expect("a format");
         &out[i]

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use auditstream::config::load::Locator;
 use auditstream::config::parse_str;
 use auditstream::template::{sample, Templates};
-use auditstream_fuzz::{event_from, get, FIELDS};
+use auditstream_fuzz::{event_from, get, looks_up_a_name_in_a_list, FIELDS};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -47,11 +47,14 @@ fuzz_target!(|data: &[u8]| {
     let Some((_, event)) = event_from(data) else {
         return;
     };
-    let out = templates()
-        .render(0, &event)
-        .unwrap_or_else(|e| panic!("render failed: {e}"));
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
     let fields = &event.fields().expect("event_from checked");
+    let out = match templates().render(0, &event) {
+        Ok(out) => out,
+        // The one render failure the README documents (`default` cannot cover it).
+        Err(e) if looks_up_a_name_in_a_list(fields, &e.to_string()) => return,
+        Err(e) => panic!("render failed: {e}"),
+    };
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
     assert_eq!(&v["all"], fields);
     assert_eq!(&v["each"], fields);
     for (i, f) in FIELDS.iter().enumerate() {

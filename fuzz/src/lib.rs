@@ -65,6 +65,29 @@ pub fn event_from(data: &[u8]) -> Option<(Value, Event)> {
     Some((without_kafka(&input), event))
 }
 
+/// Whether `error` is the render error the README documents for a name looked up in a list
+/// (which `default` cannot cover), and following one of [`FIELDS`] through `fields` does
+/// look up that name in a list.
+pub fn looks_up_a_name_in_a_list(fields: &Value, error: &str) -> bool {
+    FIELDS.iter().any(|path| {
+        let mut at = fields;
+        for step in path.split('.') {
+            match at {
+                Value::Object(m) => match m.get(step) {
+                    Some(next) => at = next,
+                    None => return false,
+                },
+                Value::Array(_) => {
+                    return step.parse::<usize>().is_err()
+                        && error.contains(&format!("looks up `{step}` in a list"));
+                }
+                _ => return false,
+            }
+        }
+        false
+    })
+}
+
 fn set(v: &mut Value, path: &str, value: Value) {
     let mut at = v;
     let mut parts = path.split('.').peekable();

@@ -229,6 +229,11 @@ fn describe(e: &handlebars::RenderError) -> String {
         handlebars::RenderErrorReason::HelperNotFound(name) => {
             format!("unknown helper `{name}`")
         }
+        // handlebars cannot look a name up in a list, even inside `default`: the event holds
+        // a list where the template expects an object.
+        handlebars::RenderErrorReason::InvalidJsonIndex(name) => format!(
+            "the template looks up `{name}` in a list (this event has a list where the template expects an object; a list's items are reached by number or with #each)"
+        ),
         other => other.to_string(),
     };
     match (e.line_no, e.column_no) {
@@ -364,6 +369,20 @@ mod tests {
             body.len(),
             body.capacity()
         );
+    }
+
+    /// `default` covers a missing field, not a name looked up in a list: handlebars refuses
+    /// that before any helper runs, so the event fails to render (and is quarantined for the
+    /// sink) with a reason that says so.
+    #[test]
+    fn a_name_looked_up_in_a_list_fails_to_render_even_with_default() {
+        let t = templates(r#"{{default actor.id "none"}}"#);
+        assert_eq!(t.render(0, &event(r#"{"actor":"u-1"}"#)).unwrap(), "none");
+        let err = t
+            .render(0, &event(r#"{"actor":["u-1"]}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("looks up `id` in a list"), "{err}");
     }
 
     /// serde_json's syntax check passes a number beyond f64 that its tree refuses: such an
