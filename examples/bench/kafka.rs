@@ -54,6 +54,14 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
 /// message, one producer loaded Tansu at about 7,000 events/s and eight at about 16,000.
 const PRODUCERS: usize = 8;
 
+/// Sends `g`'s next event to `topic`, keyed by its workspace.
+fn send_next(p: &BaseProducer, topic: &str, g: &mut crate::Padded) {
+    let (key, payload) = g.next_message();
+    auditstream::embedded_kafka::send(p, topic, None, Some(key.as_bytes()), Some(&payload))
+        .expect("produce");
+    p.poll(Duration::ZERO);
+}
+
 /// Produces `n` events (generated, padded to about `bytes`, keyed by workspace) in batches of
 /// at most `batch` messages, from [`PRODUCERS`] producers at once.
 pub fn produce(brokers: &str, topic: &str, n: usize, bytes: usize, batch: usize) {
@@ -64,16 +72,7 @@ pub fn produce(brokers: &str, topic: &str, n: usize, bytes: usize, batch: usize)
                 let p = producer(brokers, batch);
                 let mut g = crate::Padded::new(i as u64, bytes);
                 for _ in 0..count {
-                    let (key, payload) = g.next_message();
-                    auditstream::embedded_kafka::send(
-                        &p,
-                        topic,
-                        None,
-                        Some(key.as_bytes()),
-                        Some(&payload),
-                    )
-                    .expect("produce");
-                    p.poll(Duration::ZERO);
+                    send_next(&p, topic, &mut g);
                 }
                 p.flush(Duration::from_secs(600)).expect("flush");
             });
@@ -262,16 +261,7 @@ pub async fn latency(brokers: &str, topic: &str, rate: u64, seconds: u64, dir: &
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            let (key, payload) = g.next_message();
-            auditstream::embedded_kafka::send(
-                &p,
-                &topic,
-                None,
-                Some(key.as_bytes()),
-                Some(&payload),
-            )
-            .expect("produce");
-            p.poll(Duration::ZERO);
+            send_next(&p, &topic, &mut g);
         }
         p.flush(Duration::from_secs(60)).expect("flush");
     })
