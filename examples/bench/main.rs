@@ -447,12 +447,12 @@ fn process_cpu_micros(pid: u32) -> Option<u64> {
 
 /// The CPU time used when the current phase started.
 static PHASE_CPU: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-/// The machine's CPU ticks (busy, all) when the current phase started.
-static PHASE_TICKS: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
+/// The machine's busy CPU ticks, and when, at the start of the current phase.
+static PHASE_TICKS: std::sync::Mutex<Option<(u64, Instant)>> = std::sync::Mutex::new(None);
 
-/// The whole machine's CPU ticks so far, every process's: (busy, all), from `/proc/stat`.
-/// Busy is user, nice, system, irq and softirq; all adds idle, iowait and steal.
-fn machine_ticks() -> (u64, u64) {
+/// The whole machine's busy CPU ticks so far, every process's, all cores together: user, nice,
+/// system, irq and softirq from the first line of `/proc/stat`.
+fn machine_busy_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let t: Vec<u64> = stat
         .lines()
@@ -460,27 +460,21 @@ fn machine_ticks() -> (u64, u64) {
         .unwrap_or_default()
         .split_whitespace()
         .skip(1)
-        .take(8)
         .filter_map(|f| f.parse().ok())
         .collect();
-    let at = |i: usize| t.get(i).copied().unwrap_or(0);
-    let busy = at(0) + at(1) + at(2) + at(5) + at(6);
-    (busy, busy + at(3) + at(4) + at(7))
+    [0, 1, 2, 5, 6].iter().filter_map(|&i| t.get(i)).sum()
 }
 
-/// How many of the machine's cores were busy (with anything) since the phase started. The
-/// machine's cores are the `cpuN` lines of `/proc/stat`, which a container's CPU limit does
-/// not change.
+/// How many of the machine's cores were busy (with anything) since the phase started: busy
+/// ticks per clock tick of the time that passed.
 fn phase_busy_cores() -> f64 {
-    let (busy0, all0) = *PHASE_TICKS.lock().unwrap();
-    let (busy, all) = machine_ticks();
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let cores = stat
-        .lines()
-        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
-        .count()
-        .max(1);
-    busy.saturating_sub(busy0) as f64 / all.saturating_sub(all0).max(1) as f64 * cores as f64
+    let Some((busy0, since)) = *PHASE_TICKS.lock().unwrap() else {
+        return 0.0;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    machine_busy_ticks().saturating_sub(busy0) as f64
+        / (since.elapsed().as_secs_f64() * per_second).max(1.0)
 }
 
 /// Starts a phase: resets the peak RSS (VmHWM) to the current RSS, so the phase measures its
@@ -488,7 +482,7 @@ fn phase_busy_cores() -> f64 {
 fn start_phase() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     PHASE_CPU.store(cpu_micros(), std::sync::atomic::Ordering::Relaxed);
-    *PHASE_TICKS.lock().unwrap() = machine_ticks();
+    *PHASE_TICKS.lock().unwrap() = Some((machine_busy_ticks(), Instant::now()));
 }
 
 /// CPU µs per event since the phase started: what the rate would be on idle cores is
