@@ -9,7 +9,10 @@
 //!    (owed by the sinks whose filter matches, or by the quarantine), then queue it.
 //!
 //! It never blocks on a sink: when sinks fall behind, it pauses partitions and keeps polling,
-//! so the consumer stays in its group (`max.poll.interval.ms`) and memory stays bounded.
+//! so the consumer stays in its group (`max.poll.interval.ms`) and memory stays bounded (what
+//! librdkafka reads ahead is bounded too: [`client_config`]). librdkafka fetches again up to a
+//! second after a resume (it does not wake its fetching thread), so a window smaller than a
+//! second of the sinks' rate leaves them idle between pauses.
 //!
 //! Rebalances run inside `poll` on this thread. On revoke, the reports received so far are
 //! applied and the revoked partitions' positions are committed synchronously before they go;
@@ -249,6 +252,13 @@ struct Intake {
 /// 0.3 – 0.8 s after every 165,000 – 225,000 events, and the sink sat idle meanwhile.
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
+/// How much librdkafka reads ahead per partition (`queued.max.messages.kbytes`; librdkafka's
+/// default is 65536, 64 MiB per partition). What it reads ahead is outside the window of
+/// `max_in_flight_events`, so at the default a consumer of 32 partitions could hold 2 GiB
+/// before the daemon sees a message; and each pause throws it away, to be fetched again on
+/// resume. 2 MiB keeps two fetches' worth per partition (`max.partition.fetch.bytes` is 1 MiB).
+const QUEUED_MAX_MESSAGES_KBYTES: &str = "2048";
+
 /// The librdkafka configuration for the consumer: auditstream's settings, then the user's
 /// `[kafka.properties]` (which cannot override the ones that guard at-least-once).
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
@@ -256,6 +266,7 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     c.set("auto.offset.reset", "earliest");
     c.set("statistics.interval.ms", "5000");
     c.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+    c.set("queued.max.messages.kbytes", QUEUED_MAX_MESSAGES_KBYTES);
     for (k, v) in &kafka.properties {
         c.set(k, v.to_string());
     }
@@ -320,7 +331,14 @@ impl Source {
             if !self.settle() && draining {
                 break; // every worker is done
             }
-            let timeout = Duration::from_millis(if draining { 20 } else { 100 });
+            // While paused, nothing arrives to end the wait early, and the resume is decided in
+            // `settle` between polls: a long wait here would leave the sinks to empty their
+            // queues before reading starts again.
+            let timeout = Duration::from_millis(match (draining, self.paused) {
+                (true, _) => 20,
+                (false, true) => 5,
+                (false, false) => 100,
+            });
             match self.consumer.poll(timeout) {
                 Some(Ok(m)) if !draining => self.intake.ingest(&m),
                 Some(Ok(_)) => {} // read after the stop began: not registered, so not committed
@@ -574,14 +592,21 @@ mod tests {
     }
 
     #[test]
-    fn the_fetch_queue_backoff_is_short_unless_the_user_sets_it() {
+    fn the_fetch_settings_are_auditstreams_unless_the_user_sets_them() {
+        let ours = [
+            ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
+            ("queued.max.messages.kbytes", QUEUED_MAX_MESSAGES_KBYTES),
+        ];
         let c = client_config(&kafka(&[]));
-        assert_eq!(
-            c.get("fetch.queue.backoff.ms"),
-            Some(FETCH_QUEUE_BACKOFF_MS)
-        );
-        let c = client_config(&kafka(&[("fetch.queue.backoff.ms", "250")]));
+        for (key, value) in ours {
+            assert_eq!(c.get(key), Some(value), "{key}");
+        }
+        let c = client_config(&kafka(&[
+            ("fetch.queue.backoff.ms", "250"),
+            ("queued.max.messages.kbytes", "65536"),
+        ]));
         assert_eq!(c.get("fetch.queue.backoff.ms"), Some("250"));
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("65536"));
     }
 
     #[test]

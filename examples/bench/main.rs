@@ -30,7 +30,8 @@
 //! its partitions (its window full); the README's performance section has the details. So,
 //! against Tansu, either give a window larger than `--events` (the window never fills, but
 //! memory grows with what is read ahead), or produce one message per batch (`--produce-batch
-//! 1 --partitions 64`; Tansu is then much slower, so the runs measure the broker).
+//! 1 --partitions 64`; Tansu is then much slower, so the runs measure the broker), or run
+//! Tansu patched by `tools/patched-tansu/build`, which serves such a fetch as Kafka does.
 //!
 //! It prints events/s and MiB/s (of event JSON in) per sink, the peak RSS of each phase (the
 //! high-water mark is reset between phases), the CPU time the process used per event (all
