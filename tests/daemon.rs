@@ -275,22 +275,40 @@ fn a_slow_sink_pauses_the_partitions_and_the_consumer_stays_in_its_group() {
 
     let mut d = Daemon::start_with_stdout(&config, &dir.path().join("run.log"), Stdio::piped());
     let stdout = d.child.stdout.take().unwrap();
-    // Read slowly: 2000 lines at about 200 a second is longer than max.poll.interval.ms.
+    // Read slowly: 2000 lines at about 200 a second is longer than max.poll.interval.ms. The
+    // reading runs on its own thread so that a daemon that stops writing fails the test (with
+    // what arrived) instead of blocking it.
+    let (lines, arrived) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (i, line) in BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .enumerate()
+        {
+            if lines.send(line).is_err() {
+                return;
+            }
+            if i % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(50)); // pacing, not waiting
+            }
+        }
+    });
     let mut seen = Vec::new();
-    for (i, line) in BufReader::new(stdout).lines().enumerate() {
-        let line = line.unwrap();
+    while seen.len() < ids.len() {
+        let Ok(line) = arrived.recv_timeout(LONG) else {
+            panic!(
+                "{} of {} events arrived, then nothing for {LONG:?}:\n{}",
+                seen.len(),
+                ids.len(),
+                d.log_text()
+            );
+        };
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         seen.push(Seen {
             id: v["id"].as_str().unwrap().to_string(),
             partition: v["p"].as_i64().unwrap() as i32,
             offset: v["o"].as_i64().unwrap(),
         });
-        if seen.len() == ids.len() {
-            break;
-        }
-        if i % 10 == 0 {
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(LONG), Some(0));

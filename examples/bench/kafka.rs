@@ -125,6 +125,9 @@ fn config(brokers: &str, topic: &str, sink: &str, in_flight: Option<u64>, dir: &
     )
 }
 
+/// How long a run from Kafka may make no progress before it fails.
+const STALLED: Duration = Duration::from_secs(30);
+
 /// What one run of the pipeline from Kafka measured.
 pub struct Run {
     /// From the first message read to the last event delivered (joining the group is not
@@ -159,9 +162,22 @@ pub async fn run_pipeline(
     let mut points = Vec::new();
     let mut first: Option<Instant> = None;
     let mut last_sample: Option<(Instant, u64)> = None;
+    let mut progress = (Instant::now(), (0, 0));
     loop {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let now = Instant::now();
+        // A run that stops short of `n` fails with what it read, rather than waiting forever.
+        let done = (status.source.consumed(), sink.delivered());
+        if done != progress.1 {
+            progress = (now, done);
+        }
+        assert!(
+            now - progress.0 < STALLED,
+            "the run from Kafka stalled for {STALLED:?}: read {}, delivered {} of {n}; committed positions {:?}",
+            done.0,
+            done.1,
+            status.source.partitions().iter().map(|(tp, p)| (tp.to_string(), p.committed)).collect::<Vec<_>>(),
+        );
         if first.is_none() && status.source.consumed() > 0 {
             first = Some(now);
             last_sample = Some((now, 0));
