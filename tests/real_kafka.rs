@@ -102,54 +102,37 @@ fn twenty_thousand_events_through_a_real_broker_in_order_and_committed() {
 // the same generation, so the survivors rejoin and get their old assignment back; a silent
 // leader stays the leader). The partitions of a killed instance would wait for it to come
 // back. Apache Kafka and librdkafka's mock cluster do rebalance, and `tests/instances.rs`
-// runs the same scenarios with kill -9 against the mock cluster in `cargo test`. The kill -9
-// tests below run by hand against a broker that expires dead members, such as
-// `tools/patched-tansu/build` makes (too slow to build in `.ci/run`, which skips them).
+// runs the same scenarios with kill -9 against the mock cluster in `cargo test`. Against a
+// broker that expires dead members (Tansu patched by `tools/patched-tansu/build`, too slow to
+// build in `.ci/run`), `AUDITSTREAM_TEST_ENDING=kill` runs these two with kill -9.
 
-#[test]
-#[ignore = "needs a real Kafka-protocol broker in AUDITSTREAM_TEST_BROKERS; .ci/run starts one and runs it"]
-fn three_instances_split_the_partitions_and_the_others_take_over_from_one_stopped() {
-    let brokers = brokers();
-    instances::three_instances_spread_and_take_over(
-        &brokers,
-        &|topic, partitions| create_topic(&brokers, topic, partitions),
-        Ending::Term,
-    );
+/// How the instance under test ends: SIGTERM, or kill -9 with `AUDITSTREAM_TEST_ENDING=kill`.
+fn ending() -> Ending {
+    match std::env::var("AUDITSTREAM_TEST_ENDING").as_deref() {
+        Ok("kill") => Ending::Kill,
+        Ok("term") | Err(_) => Ending::Term,
+        Ok(other) => panic!("AUDITSTREAM_TEST_ENDING is `kill` or `term`, not {other:?}"),
+    }
 }
 
 #[test]
 #[ignore = "needs a real Kafka-protocol broker in AUDITSTREAM_TEST_BROKERS; .ci/run starts one and runs it"]
-fn a_stopped_instance_keeps_its_park_on_its_volume_and_drains_it_when_it_comes_back() {
+fn three_instances_split_the_partitions_and_the_others_take_over_from_one_that_ends() {
+    let brokers = brokers();
+    instances::three_instances_spread_and_take_over(
+        &brokers,
+        &|topic, partitions| create_topic(&brokers, topic, partitions),
+        ending(),
+    );
+}
+
+#[test]
+#[ignore = "needs a real Kafka-protocol broker in AUDITSTREAM_TEST_BROKERS; .ci/run starts one and runs it"]
+fn an_instance_that_ends_keeps_its_park_on_its_volume_and_drains_it_when_it_comes_back() {
     let brokers = brokers();
     instances::an_ended_instance_keeps_its_park_and_drains_it_when_it_comes_back(
         &brokers,
         &|topic, partitions| create_topic(&brokers, topic, partitions),
-        Ending::Term,
-    );
-}
-
-const NEEDS_EXPIRY: &str = "needs a broker that expires dead members in AUDITSTREAM_TEST_BROKERS (tools/patched-tansu; stock Tansu does not): run by hand";
-
-#[test]
-#[ignore = "needs a broker that expires dead members (tools/patched-tansu); run by hand"]
-fn three_instances_split_the_partitions_and_the_others_take_over_from_one_killed_with_kill_dash_nine(
-) {
-    let brokers = std::env::var("AUDITSTREAM_TEST_BROKERS").expect(NEEDS_EXPIRY);
-    instances::three_instances_spread_and_take_over(
-        &brokers,
-        &|topic, partitions| create_topic(&brokers, topic, partitions),
-        Ending::Kill,
-    );
-}
-
-#[test]
-#[ignore = "needs a broker that expires dead members (tools/patched-tansu); run by hand"]
-fn an_instance_killed_with_parked_events_keeps_them_on_its_volume_and_drains_them_when_it_comes_back(
-) {
-    let brokers = std::env::var("AUDITSTREAM_TEST_BROKERS").expect(NEEDS_EXPIRY);
-    instances::an_ended_instance_keeps_its_park_and_drains_it_when_it_comes_back(
-        &brokers,
-        &|topic, partitions| create_topic(&brokers, topic, partitions),
-        Ending::Kill,
+        ending(),
     );
 }
