@@ -101,6 +101,18 @@ pub struct Finished {
     pub offsets: Vec<i64>,
 }
 
+/// How a registered offset follows the last one registered on its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// The first since the partition was assigned, or the offset right after the last.
+    InSequence,
+    /// `skipped` offsets lie between the last one registered and this one. Kafka leaves such
+    /// gaps (a transaction's commit marker takes an offset; compaction removes records), so
+    /// the commit moves past them; but a broker that failed to send records would look the
+    /// same, so the source counts and logs them.
+    AfterGap { skipped: i64 },
+}
+
 /// Why a message was not registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {
@@ -166,29 +178,34 @@ impl Tracker {
         log.position
     }
 
-    /// Registers a message that `pending` must finish. Offsets must increase per partition.
+    /// Registers a message that `pending` must finish. Offsets must increase per partition;
+    /// they may skip (see [`Registered::AfterGap`]).
     pub fn register(
         &mut self,
         tp: &TopicPartition,
         offset: i64,
         pending: Pending,
-    ) -> Result<(), RegisterError> {
+    ) -> Result<Registered, RegisterError> {
         let log = match self.partitions.get_mut(tp) {
             Some(log) => log,
             None => self.partitions.entry(tp.clone()).or_default(),
         };
-        if let Some(last) = log.last_registered {
-            if offset <= last {
+        let registered = match log.last_registered {
+            Some(last) if offset <= last => {
                 return Err(RegisterError::NotAfterLast { offset, last });
             }
-        }
+            Some(last) if offset > last + 1 => Registered::AfterGap {
+                skipped: offset - last - 1,
+            },
+            _ => Registered::InSequence,
+        };
         log.last_registered = Some(offset);
         log.entries.push_back((offset, pending));
         self.in_flight += 1;
         let popped = log.advance();
         self.in_flight -= popped;
         self.committed += popped as u64;
-        Ok(())
+        Ok(registered)
     }
 
     /// Records that `slot` finished `offset`. Unknown partitions and offsets (revoked, or
@@ -303,11 +320,17 @@ mod tests {
         let mut t = Tracker::new();
         let a = Slot::sink(0).unwrap();
         t.register(&tp(0), 0, Pending::of(a)).unwrap();
-        t.register(&tp(0), 1, Pending::NONE).unwrap();
+        assert_eq!(
+            t.register(&tp(0), 1, Pending::NONE),
+            Ok(Registered::InSequence)
+        );
         assert_eq!(t.position(&tp(0)), None);
         t.finish(&tp(0), 0, a);
         assert_eq!(t.position(&tp(0)), Some(2));
-        t.register(&tp(0), 5, Pending::NONE).unwrap();
+        assert_eq!(
+            t.register(&tp(0), 5, Pending::NONE),
+            Ok(Registered::AfterGap { skipped: 3 })
+        );
         assert_eq!(t.position(&tp(0)), Some(6));
         assert_eq!(t.in_flight(), 0);
         assert_eq!(t.committed_messages(), 3);

@@ -40,7 +40,7 @@ use crate::config::KafkaConfig;
 use crate::decode::decode;
 use crate::event::{Coords, RawMessage, TopicPartition};
 use crate::fanout::Router;
-use crate::offsets::{Finished, Pending, Slot, Tracker};
+use crate::offsets::{Finished, Pending, Registered, Slot, Tracker};
 use crate::park::quarantine::{Quarantine, QuarantineEntry};
 use crate::status::Status;
 
@@ -620,7 +620,12 @@ impl Intake {
 fn register(shared: &Mutex<Shared>, tp: &TopicPartition, offset: i64, pending: Pending) -> bool {
     let mut s = lock(shared);
     match s.tracker.register(tp, offset, pending) {
-        Ok(()) => true,
+        Ok(Registered::InSequence) => true,
+        Ok(Registered::AfterGap { skipped }) => {
+            metrics::counter!("auditstream_skipped_offsets_total").increment(skipped as u64);
+            tracing::debug!(partition = %tp, offset, skipped, "offsets skipped before this message (a transaction marker, compaction, or records the broker did not send)");
+            true
+        }
         Err(e) => {
             tracing::debug!(partition = %tp, error = %e, "skipping a message delivered twice");
             false
