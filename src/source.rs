@@ -513,8 +513,8 @@ fn commit_within<C: ConsumerContext>(
 /// (measured with `debug=fetch`) and the sinks idled meanwhile. Any request for a broker wakes
 /// its thread, which then sees the resumed partitions and fetches them; a ListOffsets request
 /// goes to each partition's leader, the thread that fetches it. The request only reads, so it
-/// cannot change where fetching resumes (a seek, tried first, does: with it, events were lost
-/// in one run of about thirty, for a reason not found). The answers are read and dropped.
+/// cannot change where fetching resumes, as a seek (also a wake-up) would. The answers are read
+/// and dropped.
 struct FetchWaker {
     /// Where librdkafka puts the answers; owned, destroyed on drop.
     answers: *mut rdkafka::bindings::rd_kafka_queue_t,
@@ -576,7 +576,8 @@ impl FetchWaker {
     }
 }
 
-// SAFETY: librdkafka's queues may be used from any thread.
+// SAFETY: the source is built on one thread and run on another (`Pipeline` moves it to a
+// blocking task); librdkafka's queues may be used from any thread.
 unsafe impl Send for FetchWaker {}
 
 impl Drop for FetchWaker {
