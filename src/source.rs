@@ -518,6 +518,9 @@ fn commit_within<C: ConsumerContext>(
 struct FetchWaker {
     /// Where librdkafka puts the answers; owned, destroyed on drop.
     answers: *mut rdkafka::bindings::rd_kafka_queue_t,
+    /// Requests sent whose answer has not been read: the queue is looked at only while some
+    /// are, not on every turn of the poll loop.
+    awaited: usize,
 }
 
 impl FetchWaker {
@@ -525,12 +528,15 @@ impl FetchWaker {
         // SAFETY: the handle is live; the queue is destroyed (on drop) before the consumer is.
         let answers =
             unsafe { rdkafka::bindings::rd_kafka_queue_new(consumer.client().native_ptr()) };
-        Self { answers }
+        Self {
+            answers,
+            awaited: 0,
+        }
     }
 
     /// Asks the leaders of `partitions` for their end offsets, without waiting for them.
     fn wake<C: ConsumerContext>(
-        &self,
+        &mut self,
         consumer: &BaseConsumer<C>,
         partitions: &TopicPartitionList,
     ) {
@@ -552,12 +558,13 @@ impl FetchWaker {
                 self.answers,
             )
         }
+        self.awaited += 1;
     }
 
     /// Reads and drops the answers that have come.
-    fn read_answers(&self) {
+    fn read_answers(&mut self) {
         use rdkafka::bindings as rd;
-        loop {
+        while self.awaited > 0 {
             // SAFETY: the queue is ours and live; an event is destroyed once read.
             unsafe {
                 let event = rd::rd_kafka_queue_poll(self.answers, 0);
@@ -572,6 +579,7 @@ impl FetchWaker {
                 }
                 rd::rd_kafka_event_destroy(event);
             }
+            self.awaited -= 1;
         }
     }
 }
