@@ -31,14 +31,14 @@
 //!
 //! **Spilling.** A sink that is slow but not failing would hold the source's in-flight window
 //! (`pipeline.max_in_flight_events`) and, once it is full, every other sink would wait for it.
-//! So when the source has paused for that reason and this sink holds at least its share of
+//! So when the window has filled for that reason and this sink holds at least its share of
 //! the window unfinished (and another sink far less), its next batches go to the park instead
 //! (the same path as a failure: durable, then finished), the window frees, and the others go
 //! on at full speed; the replayer delivers the park in order at the slow sink's own pace
 //! (`recovering`). With a single sink there is nobody to let through, so it never spills.
 //!
 //! **Limits.** When the park reaches `park.max_bytes`, `when_full = "block"` makes the intake
-//! wait for room (its queue fills, the source pauses its partitions, Kafka keeps the data, and
+//! wait for room (its queue fills, the source stops reading, Kafka keeps the data, and
 //! since the group has one position per partition the other sinks wait too), and
 //! `"drop_oldest"` exports this sink's oldest batches to `expired_dir` to make room. Batches
 //! parked longer than `park.max_age` are exported and removed. A park that cannot be written
@@ -118,7 +118,7 @@ pub struct Worker {
 /// The spilling rule (see the module header).
 #[derive(Clone)]
 pub struct Spill {
-    /// The pipeline's status: whether the source has paused.
+    /// The pipeline's status: whether the window has filled (the source's `paused`).
     pub status: Arc<crate::status::Status>,
     /// The queue length from which this sink can count as the one holding the window.
     pub backlog: usize,
@@ -415,8 +415,8 @@ impl Running {
         }
     }
 
-    /// Whether this sink is the one holding the source back (see "Spilling"): the source has
-    /// paused, this sink holds its share of the window unfinished, and some other sink holds
+    /// Whether this sink is the one holding the source back (see "Spilling"): the window has
+    /// filled, this sink holds its share of the window unfinished, and some other sink holds
     /// far less (while every sink is busy, as when catching up, nobody spills). Unfinished,
     /// not queued: a slow sink's rendered events wait in its batcher and ahead of delivery,
     /// so its queue alone can look short while it holds the whole window.
@@ -525,7 +525,7 @@ impl Running {
             if !told {
                 told = true;
                 let why = format!(
-                    "the park is full ({total} of {} bytes): sink `{}` takes no new events until it drains; the source pauses, so every sink of this group waits (Kafka keeps the data)",
+                    "the park is full ({total} of {} bytes): sink `{}` takes no new events until it drains; the source stops reading once the window is full, so every sink of this group waits (Kafka keeps the data)",
                     self.w.limits.max_bytes,
                     self.name()
                 );

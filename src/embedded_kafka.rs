@@ -64,43 +64,6 @@ impl EmbeddedKafka {
         mock.create_topic(name, partitions, 1)
     }
 
-    /// Starts recording the requests the cluster's brokers receive, for [`Self::requests`].
-    pub fn track_requests(&self) {
-        // SAFETY: the cluster belongs to `self.producer`'s client, alive while `self` is.
-        unsafe {
-            let mcluster = self.mock_cluster_ptr();
-            if !mcluster.is_null() {
-                rdkafka::bindings::rd_kafka_mock_start_request_tracking(mcluster);
-            }
-        }
-    }
-
-    /// How many requests with this API key (1 Fetch, 2 ListOffsets, ...) the brokers received
-    /// since [`Self::track_requests`].
-    pub fn requests(&self, api_key: i16) -> usize {
-        use rdkafka::bindings as rd;
-        // SAFETY: as in `track_requests`; the copied list and its elements are ours and are
-        // destroyed after they are read.
-        unsafe {
-            let mcluster = self.mock_cluster_ptr();
-            if mcluster.is_null() {
-                return 0;
-            }
-            let mut count = 0usize;
-            let list = rd::rd_kafka_mock_get_requests(mcluster, &mut count);
-            if list.is_null() {
-                return 0;
-            }
-            let requests = std::slice::from_raw_parts(list, count);
-            let matching = requests
-                .iter()
-                .filter(|r| rd::rd_kafka_mock_request_api_key(**r) == api_key)
-                .count();
-            rd::rd_kafka_mock_request_destroy_array(list, count);
-            matching
-        }
-    }
-
     fn mock_cluster_ptr(&self) -> *mut rdkafka::bindings::rd_kafka_mock_cluster_t {
         // SAFETY: the producer's client handle is live; a null answer is checked by callers.
         unsafe {

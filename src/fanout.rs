@@ -4,7 +4,7 @@
 //! rule with a list of globs matches if any does, and a missing field matches nothing. The
 //! [`Router`] first computes the set of sinks (so the offset tracker knows who owes the event),
 //! then hands the event to each sink's queue. Queues never block the source: their total size
-//! is bounded by `pipeline.max_in_flight_events`, which the source enforces by pausing.
+//! is bounded by `pipeline.max_in_flight_events`: the source takes no more messages beyond it.
 
 use std::sync::Arc;
 

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! - [`config`]: the typed configuration, loaded from TOML with `${ENV}` and checked.
-//! - [`source`]: the Kafka consumer thread: polls, pauses, registers offsets, commits.
+//! - [`source`]: the Kafka consumer thread: polls, takes messages as the window allows,
+//!   registers offsets, commits.
 //! - [`decode`]: message bytes -> [`event::Event`], or a reason for the quarantine.
 //! - [`fanout`]: routes each event to the sinks whose filter matches.
 //! - [`redact`]: per sink, fields removed or pseudonymised before rendering.

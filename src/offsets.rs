@@ -36,8 +36,8 @@
 //! # Memory
 //!
 //! [`in_flight`](Tracker::in_flight) counts registered messages not yet committed. The source
-//! pauses its partitions when it reaches `pipeline.max_in_flight_events`, which bounds every
-//! queue and batch behind it.
+//! takes no more messages from librdkafka while it is at `pipeline.max_in_flight_events`,
+//! which bounds every queue and batch behind it.
 //!
 //! This module is pure: no Kafka, no I/O, no clock. It is unit- and property-tested below.
 
@@ -211,25 +211,28 @@ impl Tracker {
     /// Records that `slot` finished `offset`. Unknown partitions and offsets (revoked, or
     /// already committed) are ignored.
     pub fn finish(&mut self, tp: &TopicPartition, offset: i64, slot: Slot) {
-        let Some(log) = self.partitions.get_mut(tp) else {
-            return;
-        };
-        let Ok(i) = log.entries.binary_search_by_key(&offset, |(o, _)| *o) else {
-            return;
-        };
-        log.entries[i].1.clear(slot);
-        if i == 0 {
-            let popped = log.advance();
-            self.in_flight -= popped;
-            self.committed += popped as u64;
-        }
+        self.finish_all(tp, &[offset], slot);
     }
 
     /// Applies a whole report.
     pub fn apply(&mut self, report: &Finished) {
-        for &offset in &report.offsets {
-            self.finish(&report.tp, offset, report.slot);
+        self.finish_all(&report.tp, &report.offsets, report.slot);
+    }
+
+    /// Records that `slot` finished `offsets` of `tp`, looking the partition up once; then
+    /// pops the finished prefix.
+    fn finish_all(&mut self, tp: &TopicPartition, offsets: &[i64], slot: Slot) {
+        let Some(log) = self.partitions.get_mut(tp) else {
+            return;
+        };
+        for &offset in offsets {
+            if let Ok(i) = log.entries.binary_search_by_key(&offset, |(o, _)| *o) {
+                log.entries[i].1.clear(slot);
+            }
         }
+        let popped = log.advance();
+        self.in_flight -= popped;
+        self.committed += popped as u64;
     }
 
     /// The next offset to read on `tp` (the commit position), once anything has finished.

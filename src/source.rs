@@ -4,15 +4,18 @@
 //! 1. apply the sinks' [`Finished`] reports to the offset [`Tracker`] and *store* the moved
 //!    positions (librdkafka commits stored offsets every `auto.commit.interval.ms`, on
 //!    rebalance and at close; `enable.auto.offset.store` is off so nothing else is stored);
-//! 2. pause every assigned partition when `max_in_flight_events` are in flight, resume at half;
-//! 3. poll one message: copy it out, [`decode`](crate::decode) it, register it with the tracker
-//!    (owed by the sinks whose filter matches, or by the quarantine), then queue it.
+//! 2. serve the consumer's queue: rebalances, errors, statistics (never messages, see below);
+//! 3. take as many messages as the in-flight window (`max_in_flight_events`) has room for,
+//!    at most [`TAKE_AT_MOST`] a turn: copy each out, [`decode`](crate::decode) it, register it
+//!    with the tracker (owed by the sinks whose filter matches, or by the quarantine), then
+//!    queue it.
 //!
-//! It never blocks on a sink: when sinks fall behind, it pauses partitions and keeps polling,
-//! so the consumer stays in its group (`max.poll.interval.ms`) and memory stays bounded (what
-//! librdkafka reads ahead is bounded too: [`client_config`]). librdkafka does not wake its
-//! fetching thread on a resume, which left the sinks idle for up to a second after each one;
-//! a [`FetchWaker`] request wakes it.
+//! It never blocks on a sink. The messages wait in a queue of the source's own
+//! ([`messages`]), apart from the consumer's queue, so when the sinks fall behind the source
+//! simply takes none and goes on serving the consumer's queue: the consumer stays in its
+//! group (`max.poll.interval.ms`), librdkafka stops fetching once its bounded read-ahead is
+//! full ([`client_config`]), and memory stays bounded. Nothing is paused, so nothing read
+//! ahead is thrown away, and reading goes on the moment the window has room.
 //!
 //! Rebalances run inside `poll` on this thread. On revoke, the reports received so far are
 //! applied and the revoked partitions' positions are committed synchronously before they go;
@@ -33,7 +36,6 @@ use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
@@ -43,6 +45,9 @@ use crate::fanout::Router;
 use crate::offsets::{Finished, Pending, Registered, Slot, Tracker};
 use crate::park::quarantine::{Quarantine, QuarantineEntry};
 use crate::status::Status;
+
+mod messages;
+use messages::{Lent, Messages, Route};
 
 /// Limits the source enforces.
 #[derive(Debug, Clone)]
@@ -83,7 +88,9 @@ struct Shared {
     reports: Receiver<Finished>,
     /// False once every worker has dropped its sender.
     reports_open: bool,
-    assignment_changed: bool,
+    /// Where partitions' messages are forwarded as they are assigned; `None` once the source
+    /// is being dropped (the queue goes before the consumer).
+    route: Option<Route>,
     /// Set once the final commit was made: the revoke that closing the consumer triggers
     /// must not commit again (synchronously, to a broker that may have gone).
     closing: bool,
@@ -174,8 +181,16 @@ impl ClientContext for SourceContext {
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else {
-            return;
+        let tpl = match rebalance {
+            Rebalance::Assign(tpl) => {
+                // Before `assign` starts fetching them: see `messages`, "Order".
+                if let Some(route) = lock(&self.shared).route {
+                    route.forward(consumer, tpl);
+                }
+                return;
+            }
+            Rebalance::Revoke(tpl) => tpl,
+            Rebalance::Error(_) => return,
         };
         let mut s = lock(&self.shared);
         s.apply_reports();
@@ -209,7 +224,6 @@ impl ConsumerContext for SourceContext {
                 for tp in assigned {
                     s.tracker.assign(tp);
                 }
-                s.assignment_changed = true;
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
@@ -228,13 +242,26 @@ impl ConsumerContext for SourceContext {
 /// A Kafka source, connected and subscribed.
 pub struct Source {
     /// Declared before the consumer: fields drop in order, and its queue must go first.
-    waker: FetchWaker,
+    messages: Messages,
     consumer: BaseConsumer<SourceContext>,
     intake: Intake,
     control: Arc<SourceControl>,
-    paused: bool,
-    last_error: Option<(String, Instant)>,
+    /// Whether the sinks hold reading back: set when the window is full, cleared when half of
+    /// it has finished (shown as `paused`; the spilling of a slow sink looks at it).
+    held: bool,
 }
+
+/// The most messages taken in one turn of the poll loop; the reports and offsets are
+/// looked at between turns.
+const TAKE_AT_MOST: usize = 1024;
+
+/// How long a turn waits for a message when none is there and the window has room. The
+/// consumer's queue (rebalances) and the sinks' reports wait at most this long meanwhile.
+const MESSAGE_WAIT: Duration = Duration::from_millis(100);
+
+/// How long a turn waits on the consumer's queue when no message may be taken (the window is
+/// full): reading goes on this soon after the sinks finish some.
+const HELD_WAIT: Duration = Duration::from_millis(5);
 
 /// What turns a polled message into queued work: decode, register, route.
 struct Intake {
@@ -245,6 +272,7 @@ struct Intake {
     quarantine: Option<Quarantine>,
     status: Arc<Status>,
     topics: HashMap<String, Arc<str>>,
+    last_error: Option<(String, Instant)>,
 }
 
 /// How long librdkafka waits before fetching a partition again once its prefetch queue is
@@ -254,11 +282,12 @@ struct Intake {
 /// 0.3 – 0.8 s after every 165,000 – 225,000 events, and the sink sat idle meanwhile.
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
-/// How much librdkafka reads ahead per partition (`queued.max.messages.kbytes`; librdkafka's
-/// default is 65536, 64 MiB per partition). What it reads ahead is outside the window of
-/// `max_in_flight_events`, so at the default a consumer of 32 partitions could hold 2 GiB
-/// before the daemon sees a message; and each pause throws it away, to be fetched again on
-/// resume. 2 MiB keeps two fetches' worth per partition (`max.partition.fetch.bytes` is 1 MiB).
+/// How much librdkafka reads ahead (`queued.max.messages.kbytes`; librdkafka's default is
+/// 65536, 64 MiB). What it reads ahead is outside the window of `max_in_flight_events`: it
+/// waits in the source's message queue, and librdkafka stops fetching a partition while the
+/// queue it forwards to holds this much (a fetch already sent can add up to
+/// `max.partition.fetch.bytes`, 1 MiB, per partition). 2 MiB is about 30 ms of reading at the
+/// bench's rate, and librdkafka looks again every `fetch.queue.backoff.ms`.
 const QUEUED_MAX_MESSAGES_KBYTES: &str = "2048";
 
 /// The librdkafka configuration for the consumer: auditstream's settings, then the user's
@@ -294,7 +323,7 @@ impl Source {
             tracker: Tracker::new(),
             reports,
             reports_open: true,
-            assignment_changed: false,
+            route: None,
             closing: false,
             status: status.clone(),
         }));
@@ -302,11 +331,14 @@ impl Source {
             .create_with_context(SourceContext {
                 shared: shared.clone(),
             })?;
+        let messages = Messages::new(&consumer);
+        // Before subscribing: the first assignment must find the route.
+        lock(&shared).route = Some(messages.route());
         let topics: Vec<&str> = settings.kafka.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         tracing::info!(brokers = %settings.kafka.brokers, group = %settings.kafka.group_id, ?topics, "subscribed");
         Ok(Self {
-            waker: FetchWaker::new(&consumer),
+            messages,
             consumer,
             intake: Intake {
                 shared,
@@ -315,10 +347,10 @@ impl Source {
                 quarantine: Some(quarantine),
                 status,
                 topics: HashMap::new(),
+                last_error: None,
             },
             control,
-            paused: false,
-            last_error: None,
+            held: false,
         })
     }
 
@@ -331,23 +363,34 @@ impl Source {
                 _ => {}
             }
             let draining = self.intake.router.is_none();
-            if !self.settle() && draining {
+            let (in_flight, open) = self.settle();
+            if !open && draining {
                 break; // every worker is done
             }
-            // While paused, nothing arrives to end the wait early, and the resume is decided in
-            // `settle` between polls: a long wait here would leave the sinks to empty their
-            // queues before reading starts again.
-            let timeout = Duration::from_millis(match (draining, self.paused) {
-                (true, _) => 20,
-                (false, true) => 5,
-                (false, false) => 100,
-            });
-            match self.consumer.poll(timeout) {
-                Some(Ok(m)) if !draining => self.intake.ingest(&m),
+            let room = match draining {
+                true => 0,
+                false => self.intake.settings.max_in_flight.saturating_sub(in_flight),
+            };
+            // The consumer's queue carries no messages (they wait in `self.messages`), but
+            // serving it is what keeps the consumer in its group, whatever the window.
+            let events_wait = match (draining, room) {
+                (true, _) => Duration::from_millis(20),
+                (false, 0) => HELD_WAIT,
+                (false, _) => Duration::ZERO,
+            };
+            match self.consumer.poll(events_wait) {
+                // Not expected (see `messages`, "Order"), but never dropped.
+                Some(Ok(m)) if !draining => self.intake.ingest(&Lent::of_borrowed(&m)),
                 Some(Ok(_)) => {} // read after the stop began: not registered, so not committed
-                Some(Err(e)) => self.log_error(e),
+                Some(Err(e)) => self.intake.log_error(e),
                 None => {}
             }
+            let intake = &mut self.intake;
+            self.messages
+                .take(room.min(TAKE_AT_MOST), MESSAGE_WAIT, |m| match m {
+                    Ok(m) => intake.ingest(&m),
+                    Err(e) => intake.log_error(e),
+                });
         }
         self.commit_final();
         let status = self.intake.status.clone();
@@ -355,11 +398,11 @@ impl Source {
         status.source.set_closed();
     }
 
-    /// Applies reports, stores moved positions, pauses or resumes. Returns false once every
-    /// worker has finished (the report channel is closed).
-    fn settle(&mut self) -> bool {
-        self.waker.read_answers();
-        let (moved, in_flight, assignment_changed, open) = {
+    /// Applies reports, stores moved positions, and notes whether the sinks hold reading
+    /// back. Returns the messages in flight, and false once every worker has finished (the
+    /// report channel is closed).
+    fn settle(&mut self) -> (usize, bool) {
+        let (moved, in_flight, open) = {
             let mut s = lock(&self.intake.shared);
             s.apply_reports();
             // Positions also move without a report: a message no sink wanted (filtered out)
@@ -370,8 +413,7 @@ impl Source {
                     .source
                     .set_progress(s.tracker.committed_messages(), s.tracker.in_flight());
             }
-            let changed = std::mem::take(&mut s.assignment_changed);
-            (moved, s.tracker.in_flight(), changed, s.reports_open)
+            (moved, s.tracker.in_flight(), s.reports_open)
         };
         if !moved.is_empty() {
             for (tp, pos) in &moved {
@@ -383,53 +425,29 @@ impl Source {
             }
         }
         let max = self.intake.settings.max_in_flight;
-        if !self.paused && in_flight >= max {
-            self.set_paused(true);
+        if !self.held && in_flight >= max {
+            self.set_held(true);
             tracing::info!(
                 in_flight,
-                "sinks are behind: pausing partitions (still polling, so the group membership holds)"
+                "sinks are behind: the window is full, so reading waits for room (the consumer keeps polling and stays in its group)"
             );
-        } else if self.paused && in_flight <= max / 2 && self.intake.router.is_some() {
-            self.set_paused(false);
-            tracing::info!(in_flight, "resuming partitions");
-        } else if self.paused && assignment_changed {
-            self.set_paused(true);
+        } else if self.held && in_flight <= max / 2 {
+            self.set_held(false);
+            tracing::info!(in_flight, "half the window is free: reading at full speed");
         }
-        open
+        (in_flight, open)
     }
 
-    fn set_paused(&mut self, paused: bool) {
-        let result = self.consumer.assignment().and_then(|a| {
-            if paused {
-                self.consumer.pause(&a)
-            } else {
-                self.consumer.resume(&a)?;
-                self.waker.wake(&self.consumer, &a);
-                Ok(())
-            }
-        });
-        if let Err(e) = result {
-            tracing::warn!(error = %e, paused, "could not pause/resume partitions");
-        }
-        self.paused = paused;
-        self.intake.status.source.set_paused(paused);
+    fn set_held(&mut self, held: bool) {
+        self.held = held;
+        self.intake.status.source.set_paused(held);
     }
 
     /// Stops reading: closes the sinks' queues so they flush and finish.
     fn begin_drain(&mut self) {
         tracing::info!("stopping: no more reading; sinks flush their batches");
-        self.set_paused(true);
         self.intake.router = None;
         self.intake.quarantine = None;
-    }
-
-    fn log_error(&mut self, e: KafkaError) {
-        let text = e.to_string();
-        let repeat = matches!(&self.last_error, Some((t, at)) if *t == text && at.elapsed() < Duration::from_secs(60));
-        if !repeat {
-            tracing::warn!(error = %text, "kafka");
-            self.last_error = Some((text, Instant::now()));
-        }
     }
 
     /// Commits every finished position and waits for the coordinator's answer, at most
@@ -504,99 +522,16 @@ fn commit_within<C: ConsumerContext>(
     }
 }
 
-/// Wakes librdkafka's fetcher after a resume, by asking the resumed partitions' leaders for
-/// their end offsets.
-///
-/// librdkafka fetches on one thread per broker, which sleeps up to a second when none of its
-/// partitions may be fetched. `resume` clears the partitions' pause flags (before it returns)
-/// but wakes no broker thread, so the first fetch after a resume came 760 – 800 ms later
-/// (measured with `debug=fetch`) and the sinks idled meanwhile. Any request for a broker wakes
-/// its thread, which then sees the resumed partitions and fetches them; a ListOffsets request
-/// goes to each partition's leader, the thread that fetches it. The request only reads, so it
-/// cannot change where fetching resumes, as a seek (also a wake-up) would. The answers are read
-/// and dropped.
-struct FetchWaker {
-    /// Where librdkafka puts the answers; owned, destroyed on drop.
-    answers: *mut rdkafka::bindings::rd_kafka_queue_t,
-    /// Requests sent whose answer has not been read: the queue is looked at only while some
-    /// are, not on every turn of the poll loop.
-    awaited: usize,
-}
-
-impl FetchWaker {
-    fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Self {
-        // SAFETY: the handle is live; the queue is destroyed (on drop) before the consumer is.
-        let answers =
-            unsafe { rdkafka::bindings::rd_kafka_queue_new(consumer.client().native_ptr()) };
-        Self {
-            answers,
-            awaited: 0,
-        }
-    }
-
-    /// Asks the leaders of `partitions` for their end offsets, without waiting for them.
-    fn wake<C: ConsumerContext>(
-        &mut self,
-        consumer: &BaseConsumer<C>,
-        partitions: &TopicPartitionList,
-    ) {
-        if partitions.count() == 0 {
-            return;
-        }
-        let mut latest = partitions.clone();
-        if let Err(e) = latest.set_all_offsets(Offset::End) {
-            tracing::debug!(error = %e, "cannot ask for end offsets");
-            return;
-        }
-        // SAFETY: librdkafka copies the list before this returns; the answer queue is ours and
-        // live; null options are the defaults.
-        unsafe {
-            rdkafka::bindings::rd_kafka_ListOffsets(
-                consumer.client().native_ptr(),
-                latest.ptr(),
-                std::ptr::null(),
-                self.answers,
-            )
-        }
-        self.awaited += 1;
-    }
-
-    /// Reads and drops the answers that have come.
-    fn read_answers(&mut self) {
-        use rdkafka::bindings as rd;
-        while self.awaited > 0 {
-            // SAFETY: the queue is ours and live; an event is destroyed once read.
-            unsafe {
-                let event = rd::rd_kafka_queue_poll(self.answers, 0);
-                if event.is_null() {
-                    return;
-                }
-                if rd::rd_kafka_event_error(event)
-                    != rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
-                {
-                    let why = std::ffi::CStr::from_ptr(rd::rd_kafka_event_error_string(event));
-                    tracing::debug!(error = %why.to_string_lossy(), "end offsets asked after a resume");
-                }
-                rd::rd_kafka_event_destroy(event);
-            }
-            self.awaited -= 1;
-        }
-    }
-}
-
-// SAFETY: the source is built on one thread and run on another (`Pipeline` moves it to a
-// blocking task); librdkafka's queues may be used from any thread.
-unsafe impl Send for FetchWaker {}
-
-impl Drop for FetchWaker {
+impl Drop for Source {
     fn drop(&mut self) {
-        // SAFETY: created in `new`, destroyed once; answers still to come are dropped.
-        unsafe { rdkafka::bindings::rd_kafka_queue_destroy(self.answers) }
+        // The message queue is destroyed first (it is declared first); a rebalance while the
+        // consumer closes must not forward partitions to it.
+        lock(&self.intake.shared).route = None;
     }
 }
 
 impl Intake {
-    fn ingest(&mut self, m: &BorrowedMessage<'_>) {
+    fn ingest(&mut self, m: &Lent<'_>) {
         self.status.source.add_consumed();
         let raw = copy_message(m, &mut self.topics);
         let tp = raw.coords.topic_partition();
@@ -623,6 +558,16 @@ impl Intake {
             }
         }
     }
+
+    /// Logs a Kafka error, once a minute while it repeats.
+    fn log_error(&mut self, e: KafkaError) {
+        let text = e.to_string();
+        let repeat = matches!(&self.last_error, Some((t, at)) if *t == text && at.elapsed() < Duration::from_secs(60));
+        if !repeat {
+            tracing::warn!(error = %text, "kafka");
+            self.last_error = Some((text, Instant::now()));
+        }
+    }
 }
 
 /// Registers a message; false (and a debug line) when Kafka delivered it twice.
@@ -643,7 +588,7 @@ fn register(shared: &Mutex<Shared>, tp: &TopicPartition, offset: i64, pending: P
 }
 
 /// Copies a message out of librdkafka's buffer. Topic names are shared, not copied.
-fn copy_message(m: &BorrowedMessage<'_>, topics: &mut HashMap<String, Arc<str>>) -> RawMessage {
+fn copy_message(m: &Lent<'_>, topics: &mut HashMap<String, Arc<str>>) -> RawMessage {
     let topic = match topics.get(m.topic()) {
         Some(t) => t.clone(),
         None => {
@@ -658,16 +603,12 @@ fn copy_message(m: &BorrowedMessage<'_>, topics: &mut HashMap<String, Arc<str>>)
             partition: m.partition(),
             offset: m.offset(),
         },
-        timestamp_ms: m.timestamp().to_millis(),
+        timestamp_ms: m.timestamp_ms(),
         key: m.key().map(Bytes::copy_from_slice),
         headers: m
             .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice)))
-                    .collect()
-            })
-            .unwrap_or_default(),
+            .map(|(name, value)| (name.to_string(), value.map(Bytes::copy_from_slice)))
+            .collect(),
         payload: m.payload().map(Bytes::copy_from_slice),
     }
 }

@@ -82,7 +82,7 @@ pub struct SinkSnapshot {
     pub since: SystemTime,
     pub last_error: Option<String>,
     /// Set while this sink holds the stream back: its park is full (`when_full = "block"`) or
-    /// cannot be written. Kafka keeps the data; the source is paused for every sink.
+    /// cannot be written. Kafka keeps the data; the source stops reading for every sink.
     pub holding: Option<String>,
     pub delivered_events: u64,
     /// Of the delivered events, those that came from the park.

@@ -217,6 +217,9 @@ async fn a_full_park_blocks_the_stream_and_it_resumes_when_the_sink_drains() {
         held < ids.len() as u64,
         "the stream is held, not dropped ({held})"
     );
+    // Held at the window: what waits beyond it stays in Kafka and librdkafka's read-ahead.
+    let in_flight = status.source.in_flight();
+    assert!(in_flight <= 200, "{in_flight} in flight, over the window");
 
     switch.set(true);
     wait_until("every event delivered", LONG, || {

@@ -110,12 +110,24 @@ pub fn bare_consume(brokers: &str, topic: &str, n: usize) -> Duration {
     started.map_or(Duration::ZERO, |s| s.elapsed())
 }
 
-fn config(brokers: &str, topic: &str, sink: &str, in_flight: Option<u64>, dir: &Path) -> String {
+/// What the pipeline reads: a topic, as a consumer group, from brokers.
+pub struct Subscription<'a> {
+    pub brokers: &'a str,
+    pub topic: &'a str,
+    pub group: &'a str,
+}
+
+fn config(from: &Subscription<'_>, sink: &str, in_flight: Option<u64>, dir: &Path) -> String {
+    let Subscription {
+        brokers,
+        topic,
+        group,
+    } = from;
     let window = in_flight.map_or(String::new(), |n| {
         format!("[pipeline]\nmax_in_flight_events = {n}\n")
     });
     format!(
-        "{window}[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-daemon-{topic}\"\ntopics = [\"{topic}\"]\n\
+        "{window}[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\ntopics = [\"{topic}\"]\n\
          [kafka.properties]\n\"fetch.wait.max.ms\" = \"5\"\n\
          [park]\npath = \"{park}\"\nexpired_dir = \"{expired}\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
@@ -140,15 +152,14 @@ pub struct Run {
 /// events/s every 250 ms (and, with `timeline`, printing what was read, queued and delivered
 /// at each sample, to stderr); then stops it gracefully.
 pub async fn run_pipeline(
-    brokers: &str,
-    topic: &str,
+    from: &Subscription<'_>,
     sink: &str,
     n: u64,
     in_flight: Option<u64>,
     dir: &Path,
     timeline: bool,
 ) -> Run {
-    let text = config(brokers, topic, sink, in_flight, dir);
+    let text = config(from, sink, in_flight, dir);
     let config = parse_str(&text, "bench", &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let templates = Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(&text))
         .unwrap_or_else(|e| panic!("{e:?}"));
@@ -253,7 +264,13 @@ pub async fn latency(brokers: &str, topic: &str, rate: u64, seconds: u64, dir: &
     let sink = format!(
         "name = \"siem\"\ntype = \"http\"\nurl = \"http://{addr}/\"\nencoding = \"ndjson\"\ntemplate = '{{\"ts\":{{{{json _kafka.timestamp}}}}}}'\n"
     );
-    let text = config(brokers, topic, &sink, None, dir);
+    let group = format!("bench-daemon-{topic}");
+    let from = Subscription {
+        brokers,
+        topic,
+        group: &group,
+    };
+    let text = config(&from, &sink, None, dir);
     let config = parse_str(&text, "bench", &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let templates = Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(&text))
         .unwrap_or_else(|e| panic!("{e:?}"));

@@ -10,8 +10,15 @@
 //! cargo run --release --example bench -- [--events N] [--event-bytes B]
 //!     [--sinks file,s3,http|none] [--park] [--kafka | --brokers HOST:PORT]
 //!     [--latency-rate R] [--latency-seconds S] [--in-flight N] [--broker-pid PID]
-//!     [--partitions N] [--produce-batch N] [--timeline] [--chart target/bench.svg]
+//!     [--partitions N] [--produce-batch N] [--timeline] [--rounds N]
+//!     [--chart target/bench.svg]
 //! ```
+//!
+//! `--rounds N` runs the pipeline from Kafka N times (each round a new consumer group reading
+//! the same topic from its start), rounds after the first each just after a run of the file
+//! sink without Kafka at the same window, and prints each pair's ratios and their medians: on
+//! a machine shared with other work the rate moves between runs a minute apart by more than
+//! the difference measured, so one pair compares little.
 //!
 //! `--broker-pid PID` (the broker's process on this machine, for example
 //! `$(cat ~/.cache/tansu/pid)`) adds the CPU the broker used while the pipeline read from it:
@@ -92,6 +99,7 @@ struct Args {
     produce_batch: usize,
     partitions: i32,
     timeline: bool,
+    rounds: usize,
 }
 
 fn args() -> Args {
@@ -110,6 +118,7 @@ fn args() -> Args {
         produce_batch: 10_000,
         partitions: 4,
         timeline: false,
+        rounds: 1,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -128,6 +137,7 @@ fn args() -> Args {
             "--broker-pid" => a.broker_pid = Some(value.parse().expect("--broker-pid PID")),
             "--partitions" => a.partitions = value.parse().expect("--partitions N"),
             "--produce-batch" => a.produce_batch = value.parse().expect("--produce-batch N"),
+            "--rounds" => a.rounds = value.parse().expect("--rounds N"),
             flag @ ("--park" | "--kafka" | "--timeline") => {
                 match flag {
                     "--park" => a.park = true,
@@ -533,8 +543,8 @@ async fn main() {
     let mut file_alone: Option<(Duration, f64)> = None;
     // The same with the window of the runs from Kafka, when that is another.
     let mut file_same_window: Option<(Duration, f64)> = None;
+    let payloads = Arc::new(payloads(a.events.min(POOL), a.event_bytes));
     if !a.sinks.is_empty() {
-        let payloads = Arc::new(payloads(a.events.min(POOL), a.event_bytes));
         let pool_bytes: usize = payloads.iter().map(|p| p.len()).sum();
         let bytes = pool_bytes * a.events / payloads.len().max(1);
         let mut total = Duration::ZERO;
@@ -631,64 +641,127 @@ async fn main() {
         let bare = tokio::task::block_in_place(|| kafka::bare_consume(&brokers, &topic, a.events));
         let cpu = phase_cpu_per_event(a.events);
         rate_line("bare rdkafka consumer", a.events, bytes, bare, cpu);
-        let dir = tempfile::tempdir().unwrap();
-        // The source never ends, so the last batches are written when they reach `max_age`:
-        // 100 ms keeps that wait (up to the default 1 s) from counting as a slower rate.
-        let sink = format!(
-            "name = \"file\"\ntype = \"file\"\npath = \"{}\"\ntemplate = '{TEMPLATE}'\n[sinks.batch]\nmax_age = \"100ms\"\n",
-            dir.path().join("bench.jsonl").display()
-        );
-        start_phase();
-        let broker_before = a.broker_pid.and_then(process_cpu_micros);
-        let run = kafka::run_pipeline(
-            &brokers,
-            &topic,
-            &sink,
-            a.events as u64,
-            a.in_flight,
-            dir.path(),
-            a.timeline,
-        )
-        .await;
-        let cpu = phase_cpu_per_event(a.events);
-        let broker_cpu = a
-            .broker_pid
-            .and_then(process_cpu_micros)
-            .zip(broker_before)
-            .map(|(after, before)| after.saturating_sub(before) as f64 / a.events as f64);
-        rate_line(
-            "file, end to end from Kafka",
-            a.events,
-            bytes,
-            run.took,
-            cpu,
-        );
-        println!(
-            "  of the bare consumer: {:.0}%",
-            100.0 * bare.as_secs_f64() / run.took.as_secs_f64().max(1e-9)
-        );
-        let windows = [
-            (IN_FLIGHT, file_alone),
-            (a.in_flight.unwrap_or(IN_FLIGHT), file_same_window),
-        ];
-        for (window, alone) in windows {
+        let window = a.in_flight.unwrap_or(IN_FLIGHT);
+        // Each round's (rate, CPU per event) against the file sink alone at the same window.
+        let mut ratios = Vec::new();
+        for round in 1..=a.rounds {
+            // Round 1 compares with the runs above; later rounds run the file sink alone
+            // again just before, so that both halves of each pair see the machine alike.
+            let alone = if round == 1 {
+                file_same_window.or(file_alone)
+            } else {
+                let dir = tempfile::tempdir().unwrap();
+                start_phase();
+                let (took, _) =
+                    run_one("file", payloads.clone(), a.events, window, dir.path()).await;
+                let cpu = phase_cpu_per_event(a.events);
+                rate_line(
+                    &format!("round {round}: file (no Kafka)"),
+                    a.events,
+                    bytes,
+                    took,
+                    cpu,
+                );
+                cpu.map(|c| (took, c))
+            };
+            let dir = tempfile::tempdir().unwrap();
+            // The source never ends, so the last batches are written when they reach
+            // `max_age`: 100 ms keeps that wait (up to the default 1 s) from counting as a
+            // slower rate.
+            let sink = format!(
+                "name = \"file\"\ntype = \"file\"\npath = \"{}\"\ntemplate = '{TEMPLATE}'\n[sinks.batch]\nmax_age = \"100ms\"\n",
+                dir.path().join("bench.jsonl").display()
+            );
+            start_phase();
+            let broker_before = a.broker_pid.and_then(process_cpu_micros);
+            let group = format!("bench-daemon-{topic}-{round}");
+            let from = kafka::Subscription {
+                brokers: &brokers,
+                topic: &topic,
+                group: &group,
+            };
+            let run = kafka::run_pipeline(
+                &from,
+                &sink,
+                a.events as u64,
+                a.in_flight,
+                dir.path(),
+                a.timeline,
+            )
+            .await;
+            let cpu = phase_cpu_per_event(a.events);
+            let broker_cpu = a
+                .broker_pid
+                .and_then(process_cpu_micros)
+                .zip(broker_before)
+                .map(|(after, before)| after.saturating_sub(before) as f64 / a.events as f64);
             if let (Some((alone, alone_cpu)), Some(cpu)) = (alone, cpu) {
-                println!(
-                    "  of the file sink alone at a window of {window}: {:.0}%, CPU per event {:.0}% of it",
-                    100.0 * alone.as_secs_f64() / run.took.as_secs_f64().max(1e-9),
-                    100.0 * cpu / alone_cpu.max(1e-9)
-                );
+                ratios.push((
+                    alone.as_secs_f64() / run.took.as_secs_f64().max(1e-9),
+                    cpu / alone_cpu.max(1e-9),
+                ));
             }
-        }
-        if let (Some((_, alone_cpu)), Some(cpu)) = (file_alone, cpu) {
-            if let Some(broker) = broker_cpu {
-                println!(
-                    "  the broker, on the same cores: CPU per event {broker:.1} µs; the pipeline's own and the broker's together {:.0}% of the file sink alone at a window of {IN_FLIGHT}",
-                    100.0 * (cpu + broker) / alone_cpu.max(1e-9)
+            if round > 1 {
+                rate_line(
+                    &format!("round {round}: end to end"),
+                    a.events,
+                    bytes,
+                    run.took,
+                    cpu,
                 );
+                if let Some((rate, cpu)) = ratios.last() {
+                    println!(
+                        "  of the file sink alone just before: {:.0}%, CPU per event {:.0}% of it",
+                        100.0 * rate,
+                        100.0 * cpu
+                    );
+                }
+                continue;
             }
+            rate_line(
+                "file, end to end from Kafka",
+                a.events,
+                bytes,
+                run.took,
+                cpu,
+            );
+            println!(
+                "  of the bare consumer: {:.0}%",
+                100.0 * bare.as_secs_f64() / run.took.as_secs_f64().max(1e-9)
+            );
+            let windows = [(IN_FLIGHT, file_alone), (window, file_same_window)];
+            for (window, alone) in windows {
+                if let (Some((alone, alone_cpu)), Some(cpu)) = (alone, cpu) {
+                    println!(
+                        "  of the file sink alone at a window of {window}: {:.0}%, CPU per event {:.0}% of it",
+                        100.0 * alone.as_secs_f64() / run.took.as_secs_f64().max(1e-9),
+                        100.0 * cpu / alone_cpu.max(1e-9)
+                    );
+                }
+            }
+            if let (Some((_, alone_cpu)), Some(cpu)) = (file_alone, cpu) {
+                if let Some(broker) = broker_cpu {
+                    println!(
+                        "  the broker, on the same cores: CPU per event {broker:.1} µs; the pipeline's own and the broker's together {:.0}% of the file sink alone at a window of {IN_FLIGHT}",
+                        100.0 * (cpu + broker) / alone_cpu.max(1e-9)
+                    );
+                }
+            }
+            series.push(run.series);
         }
-        series.push(run.series);
+        if ratios.len() > 1 {
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            println!(
+                "\nend to end against the file sink alone, {} rounds: rate {} (median {:.0}%), CPU per event median {:.0}%",
+                ratios.len(),
+                ratios.iter().map(|(r, _)| format!("{:.0}%", 100.0 * r)).collect::<Vec<_>>().join(" "),
+                100.0 * median(ratios.iter().map(|(r, _)| *r).collect()),
+                100.0 * median(ratios.iter().map(|(_, c)| *c).collect()),
+            );
+        }
         if a.latency_rate > 0 {
             let topic = format!("bench-latency-{}", std::process::id());
             create_topic(topic.clone()).await;

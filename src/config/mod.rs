@@ -229,7 +229,7 @@ pub struct PipelineConfig {
     /// Larger messages are quarantined.
     pub max_event_bytes: ByteSize,
     /// Events read from Kafka but not yet finished by every sink. At this bound the source
-    /// pauses its partitions (and keeps polling) until half of them have finished.
+    /// takes no more messages (and keeps polling) until some have finished.
     pub max_in_flight_events: usize,
     /// How long a graceful stop may take to flush batches before the daemon exits anyway.
     pub shutdown_timeout: HumanDuration,
@@ -288,7 +288,8 @@ impl Default for ParkConfig {
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
-    /// Stop taking new events for the full sink: the source pauses (Kafka keeps the data).
+    /// Stop taking new events for the full sink: the source stops reading once the window
+    /// is full (Kafka keeps the data).
     #[default]
     Block,
     /// Export the oldest parked batches to `expired_dir` and remove them to make room.
