@@ -140,31 +140,34 @@ struct Shape {
 }
 
 impl Shape {
+    /// One pass over valid JSON text. Strings, most of an audit event's bytes, are crossed a
+    /// quote or backslash at a time (`memchr2`), not byte by byte.
     fn of(json: &[u8]) -> Self {
         let mut shape = Shape {
             deepest: 0,
             surrogate_escape: false,
         };
-        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-        for (i, &b) in json.iter().enumerate() {
-            if in_string {
-                match (escaped, b) {
-                    (true, _) => escaped = false,
-                    (false, b'\\') => {
-                        escaped = true;
-                        if let Some([b'u', b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F']) =
-                            json.get(i + 1..i + 4)
-                        {
-                            shape.surrogate_escape = true;
-                        }
-                    }
-                    (false, b'"') => in_string = false,
-                    _ => {}
-                }
-                continue;
-            }
+        let (mut depth, mut i) = (0usize, 0usize);
+        while let Some(&b) = json.get(i) {
+            i += 1;
             match b {
-                b'"' => in_string = true,
+                b'"' => loop {
+                    let rest = json.get(i..).unwrap_or_default();
+                    let Some(at) = memchr::memchr2(b'"', b'\\', rest) else {
+                        return shape;
+                    };
+                    i += at + 1;
+                    if rest[at] == b'"' {
+                        break;
+                    }
+                    // A backslash: the byte after it is escaped.
+                    if let Some([b'u', b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F']) =
+                        json.get(i..i + 3)
+                    {
+                        shape.surrogate_escape = true;
+                    }
+                    i += 1;
+                },
                 b'[' | b'{' => {
                     depth += 1;
                     shape.deepest = shape.deepest.max(depth);
@@ -302,5 +305,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The nesting of a parsed value, as `Shape` measures it in the text.
+    fn nesting(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Array(a) => 1 + a.iter().map(nesting).max().unwrap_or(0),
+            serde_json::Value::Object(o) => 1 + o.values().map(nesting).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    proptest::proptest! {
+        /// Strings full of quotes, backslashes, brackets and text that looks like an escape
+        /// neither hide nor add nesting, and written text (`\\ud800`) is not a surrogate
+        /// escape.
+        #[test]
+        fn the_shape_is_the_values(value in json_value()) {
+            let text = serde_json::to_string(&value).unwrap();
+            let shape = Shape::of(text.as_bytes());
+            proptest::prop_assert_eq!(shape.deepest, nesting(&value), "{}", text);
+            proptest::prop_assert!(!shape.surrogate_escape, "{}", text);
+        }
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let text = "[a\\\\\"\\[\\]{}ud80é\u{1f600}]{0,12}";
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<i64>().prop_map(serde_json::Value::from),
+            text.prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(6, 48, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(text, inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
     }
 }
