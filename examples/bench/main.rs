@@ -45,8 +45,9 @@
 //! threads, in-process destination servers and librdkafka included: on a machine shared with
 //! other work, `cores / (µs per event)` is the rate idle cores would give), how many of the
 //! machine's cores were busy meanwhile (with anything: the broker and other processes count,
-//! from `/proc/stat`), and writes an SVG chart of events/s over each run. CPU per event and
-//! busy cores cover the whole phase, start-up and stop included (for the runs from Kafka,
+//! from `/proc/stat`) and how many the host took for other machines (steal time, which moves
+//! the rates between runs on a shared host), and writes an SVG chart of events/s over each run. CPU per event and
+//! busy and stolen cores cover the whole phase, start-up and stop included (for the runs from Kafka,
 //! joining the group), where the rate is timed from the first message read. With `--park` it
 //! also measures the park: `--events` (at most 200,000) rendered events in batches of 1000,
 //! written durably (each append flushed), then replayed in order to a file sink, each entry
@@ -458,12 +459,21 @@ fn process_cpu_micros(pid: u32) -> Option<u64> {
 
 /// The CPU time used when the current phase started.
 static PHASE_CPU: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-/// The machine's busy CPU ticks, and when, at the start of the current phase.
-static PHASE_TICKS: std::sync::Mutex<Option<(u64, Instant)>> = std::sync::Mutex::new(None);
+/// The machine's busy and stolen CPU ticks, and when, at the start of the current phase.
+static PHASE_TICKS: std::sync::Mutex<Option<(Ticks, Instant)>> = std::sync::Mutex::new(None);
 
-/// The whole machine's busy CPU ticks so far, every process's, all cores together: user, nice,
-/// system, irq and softirq from the first line of `/proc/stat`.
-fn machine_busy_ticks() -> u64 {
+/// CPU ticks of the whole machine so far, all cores together, from the first line of
+/// `/proc/stat`.
+#[derive(Clone, Copy)]
+struct Ticks {
+    /// Every process's: user, nice, system, irq and softirq.
+    busy: u64,
+    /// Taken by the host for other machines (steal): on a shared host, the reason a phase's
+    /// rate moves between runs.
+    stolen: u64,
+}
+
+fn machine_ticks() -> Ticks {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let t: Vec<u64> = stat
         .lines()
@@ -473,19 +483,26 @@ fn machine_busy_ticks() -> u64 {
         .skip(1)
         .filter_map(|f| f.parse().ok())
         .collect();
-    [0, 1, 2, 5, 6].iter().filter_map(|&i| t.get(i)).sum()
+    Ticks {
+        busy: [0, 1, 2, 5, 6].iter().filter_map(|&i| t.get(i)).sum(),
+        stolen: t.get(7).copied().unwrap_or(0),
+    }
 }
 
-/// How many of the machine's cores were busy (with anything) since the phase started: busy
-/// ticks per clock tick of the time that passed.
-fn phase_busy_cores() -> f64 {
-    let Some((busy0, since)) = *PHASE_TICKS.lock().unwrap() else {
-        return 0.0;
+/// How many of the machine's cores were busy (with anything) and how many the host took,
+/// since the phase started: ticks per clock tick of the time that passed.
+fn phase_cores() -> (f64, f64) {
+    let Some((at_start, since)) = *PHASE_TICKS.lock().unwrap() else {
+        return (0.0, 0.0);
     };
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    machine_busy_ticks().saturating_sub(busy0) as f64
-        / (since.elapsed().as_secs_f64() * per_second).max(1.0)
+    let ticks = (since.elapsed().as_secs_f64() * per_second).max(1.0);
+    let now = machine_ticks();
+    (
+        now.busy.saturating_sub(at_start.busy) as f64 / ticks,
+        now.stolen.saturating_sub(at_start.stolen) as f64 / ticks,
+    )
 }
 
 /// Starts a phase: resets the peak RSS (VmHWM) to the current RSS, so the phase measures its
@@ -493,7 +510,7 @@ fn phase_busy_cores() -> f64 {
 fn start_phase() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     PHASE_CPU.store(cpu_micros(), std::sync::atomic::Ordering::Relaxed);
-    *PHASE_TICKS.lock().unwrap() = Some((machine_busy_ticks(), Instant::now()));
+    *PHASE_TICKS.lock().unwrap() = Some((machine_ticks(), Instant::now()));
 }
 
 /// CPU µs per event since the phase started: what the rate would be on idle cores is
@@ -505,15 +522,18 @@ fn phase_cpu_per_event(n: usize) -> Option<f64> {
 
 fn rate_line(what: &str, n: usize, bytes: usize, took: Duration, cpu: Option<f64>) {
     let secs = took.as_secs_f64().max(1e-9);
+    let (busy, stolen) = phase_cores();
+    let cores = |c: f64| cpu.map_or(String::new(), |_| format!("{c:.2}"));
     println!(
-        "{:<28} {:>10.0} {:>8.1} {:>8.2} {:>9.0} {:>10} {:>10}",
+        "{:<28} {:>10.0} {:>8.1} {:>8.2} {:>9.0} {:>10} {:>10} {:>7}",
         what,
         n as f64 / secs,
         bytes as f64 / 1048576.0 / secs,
         secs,
         peak_rss_mib(),
         cpu.map_or(String::new(), |c| format!("{c:.1}")),
-        cpu.map_or(String::new(), |_| format!("{:.2}", phase_busy_cores()))
+        cores(busy),
+        cores(stolen),
     );
 }
 
@@ -534,8 +554,8 @@ async fn main() {
         TEMPLATE.len()
     );
     println!(
-        "{:<28} {:>10} {:>8} {:>8} {:>9} {:>10} {:>10}",
-        "phase", "events/s", "MiB/s", "seconds", "peak RSS", "CPU µs/ev", "busy cores"
+        "{:<28} {:>10} {:>8} {:>8} {:>9} {:>10} {:>10} {:>7}",
+        "phase", "events/s", "MiB/s", "seconds", "peak RSS", "CPU µs/ev", "busy cores", "stolen"
     );
     let mut series = Vec::new();
     // The file sink's run without Kafka (duration, CPU µs per event), to compare with the run
