@@ -33,12 +33,12 @@
 //! `--produce-batch N` puts at most N messages in a produced batch (default 10,000).
 //!
 //! The broker of `../shared/tools/real-kafka` (Tansu 0.6) skips the rest of a record batch
-//! when a fetch starts inside it, which is where a consumer resumes after the daemon paused
-//! its partitions (its window full); the README's performance section has the details. So,
-//! against Tansu, either give a window larger than `--events` (the window never fills, but
-//! memory grows with what is read ahead), or produce one message per batch (`--produce-batch
-//! 1 --partitions 64`; Tansu is then much slower, so the runs measure the broker), or run
-//! Tansu patched by `tools/patched-tansu/build`, which serves such a fetch as Kafka does.
+//! when a fetch starts inside it. The daemon used to pause its partitions when its window was
+//! full, and a consumer resumes inside a batch, so runs from Tansu then needed a window larger
+//! than `--events`. It no longer pauses (its messages wait in a queue of its own), so it
+//! fetches from inside a batch only when it starts from a committed offset, and the runs work
+//! at any window. `tools/patched-tansu/build` builds a Tansu that serves such a fetch as Kafka
+//! does.
 //!
 //! It prints events/s and MiB/s (of event JSON in) per sink, the peak RSS of each phase (the
 //! high-water mark is reset between phases), the CPU time the process used per event (all
@@ -46,12 +46,12 @@
 //! other work, `cores / (µs per event)` is the rate idle cores would give), how many of the
 //! machine's cores were busy meanwhile (with anything: the broker and other processes count,
 //! from `/proc/stat`) and how many the host took for other machines (steal time, which moves
-//! the rates between runs on a shared host), and writes an SVG chart of events/s over each run. CPU per event and
-//! busy and stolen cores cover the whole phase, start-up and stop included (for the runs from Kafka,
-//! joining the group), where the rate is timed from the first message read. With `--park` it
-//! also measures the park: `--events` (at most 200,000) rendered events in batches of 1000,
-//! written durably (each append flushed), then replayed in order to a file sink, each entry
-//! released with its receipt.
+//! the rates between runs on a shared host), and writes an SVG chart of events/s over each run.
+//! CPU per event and busy and stolen cores cover the whole phase, start-up and stop included
+//! (for the runs from Kafka, joining the group), where the rate is timed from the first message
+//! read. With `--park` it also measures the park: `--events` (at most 200,000) rendered events
+//! in batches of 1000, written durably (each append flushed), then replayed in order to a file
+//! sink, each entry released with its receipt.
 
 mod chart;
 mod kafka;
