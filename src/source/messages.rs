@@ -8,7 +8,7 @@
 //! sinks are behind could stop taking messages only by pausing its partitions, and a pause
 //! costs: librdkafka throws away what it has read ahead (a version barrier) and fetches it
 //! again after the resume, and the resume does not wake its fetching thread, which slept up
-//! to a second meanwhile. At the default window that cost a quarter of the rate from Kafka.
+//! to a second meanwhile unless the source sent a request to wake it.
 //!
 //! Instead, each partition's fetch queue is forwarded, as the partition is assigned, to a
 //! queue of the source's own, [`Messages`]. The source serves the consumer's queue on every
