@@ -273,6 +273,8 @@ struct Intake {
     status: Arc<Status>,
     topics: HashMap<String, Arc<str>>,
     last_error: Option<(String, Instant)>,
+    /// Whether a message came on the consumer's queue (said once).
+    unrouted: bool,
 }
 
 /// How long librdkafka waits before fetching a partition again once its prefetch queue is
@@ -348,6 +350,7 @@ impl Source {
                 status,
                 topics: HashMap::new(),
                 last_error: None,
+                unrouted: false,
             },
             control,
             held: false,
@@ -380,7 +383,7 @@ impl Source {
             };
             match self.consumer.poll(events_wait) {
                 // Not expected (see `messages`, "Order"), but never dropped.
-                Some(Ok(m)) if !draining => self.intake.ingest(&Lent::of_borrowed(&m)),
+                Some(Ok(m)) if !draining => self.intake.ingest_unrouted(&Lent::of_borrowed(&m)),
                 Some(Ok(_)) => {} // read after the stop began: not registered, so not committed
                 Some(Err(e)) => self.intake.log_error(e),
                 None => {}
@@ -559,6 +562,17 @@ impl Intake {
         }
     }
 
+    /// A message that came on the consumer's queue, not the message queue: its partition was
+    /// not routed (see `messages`, "Order"). It is read all the same (skipping it would let a
+    /// later commit pass it), but the window does not hold such a partition back, so it is said.
+    fn ingest_unrouted(&mut self, m: &Lent<'_>) {
+        if !self.unrouted {
+            self.unrouted = true;
+            tracing::warn!(topic = m.topic(), partition = m.partition(), "a message came on the consumer's queue: its partition is not routed to the source's message queue, so max_in_flight_events does not hold it back");
+        }
+        self.ingest(m);
+    }
+
     /// Logs a Kafka error, once a minute while it repeats.
     fn log_error(&mut self, e: KafkaError) {
         let text = e.to_string();
@@ -607,7 +621,7 @@ fn copy_message(m: &Lent<'_>, topics: &mut HashMap<String, Arc<str>>) -> RawMess
         key: m.key().map(Bytes::copy_from_slice),
         headers: m
             .headers()
-            .map(|(name, value)| (name.to_string(), value.map(Bytes::copy_from_slice)))
+            .map(|(name, value)| (name.into_owned(), value.map(Bytes::copy_from_slice)))
             .collect(),
         payload: m.payload().map(Bytes::copy_from_slice),
     }

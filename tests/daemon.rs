@@ -199,6 +199,18 @@ fn kill_dash_nine_mid_stream_loses_nothing_and_restart_resumes_from_the_commit()
 
 #[test]
 fn two_daemons_split_the_partitions_and_one_takes_over_without_a_gap() {
+    two_daemons_split_and_one_takes_over(None);
+}
+
+/// The same with the cooperative protocol, where a rebalance moves only some partitions and
+/// each daemon routes the ones it gains to its message queue while it goes on reading the rest
+/// (`source/messages.rs`, "Order").
+#[test]
+fn with_cooperative_rebalancing_two_daemons_split_the_partitions_and_one_takes_over() {
+    two_daemons_split_and_one_takes_over(Some("cooperative-sticky"));
+}
+
+fn two_daemons_split_and_one_takes_over(assignor: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let kafka = EmbeddedKafka::start(1).unwrap();
     kafka.create_topic(TOPIC, 4).unwrap();
@@ -206,8 +218,21 @@ fn two_daemons_split_the_partitions_and_one_takes_over_without_a_gap() {
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&da).unwrap();
     std::fs::create_dir_all(&db).unwrap();
-    let ca = write_config(&da, &brokers, "g-pair", TOPIC, "", &[("out", "")]);
-    let cb = write_config(&db, &brokers, "g-pair", TOPIC, "", &[("out", "")]);
+    let group = format!("g-pair-{}", assignor.unwrap_or("eager"));
+    let config = |d: &std::path::Path| {
+        let path = write_config(d, &brokers, &group, TOPIC, "", &[("out", "")]);
+        if let Some(assignor) = assignor {
+            let text = std::fs::read_to_string(&path).unwrap().replace(
+                "[kafka.properties]\n",
+                &format!(
+                    "[kafka.properties]\n\"partition.assignment.strategy\" = \"{assignor}\"\n"
+                ),
+            );
+            std::fs::write(&path, text).unwrap();
+        }
+        path
+    };
+    let (ca, cb) = (config(&da), config(&db));
     let (oa, ob) = (da.join("out.jsonl"), db.join("out.jsonl"));
 
     std::thread::scope(|s| {
@@ -222,6 +247,19 @@ fn two_daemons_split_the_partitions_and_one_takes_over_without_a_gap() {
         assert!(!pa.is_empty() && !pb.is_empty(), "split: a {pa:?} b {pb:?}");
 
         // a dies without warning; b must take over a's partitions from a's commits.
+        if assignor.is_some() {
+            // Incremental: when b joined, a gave up some of its partitions and kept reading
+            // the others (the eager protocol revokes them all).
+            let log = a.log_text();
+            let revoked = log
+                .lines()
+                .find(|l| l.contains("partitions revoked"))
+                .map(|l| l.matches(&format!("\"{TOPIC}/")).count());
+            assert!(
+                matches!(revoked, Some(1..=3)),
+                "a gave up only some of its partitions:\n{log}"
+            );
+        }
         a.signal(libc::SIGKILL);
         a.wait(LONG);
         let b_before = lines(&ob);
@@ -245,6 +283,13 @@ fn two_daemons_split_the_partitions_and_one_takes_over_without_a_gap() {
         let mut all = read_seen(&oa);
         all.extend(read_seen(&ob));
         assert_all_arrived(&ids, &all);
+        for d in [&a, &b] {
+            let log = d.log_text();
+            assert!(
+                !log.contains("came on the consumer's queue"),
+                "every assigned partition was routed to the message queue:\n{log}"
+            );
+        }
     });
 }
 

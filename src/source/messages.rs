@@ -24,10 +24,11 @@
 //! belong to an outdated fetch and librdkafka drops them when they are taken.
 //!
 //! **Lifetime.** A taken message points into librdkafka's buffers: [`Messages::take`] lends
-//! each one to a closure and destroys it after, so none outlives the call. The queue is
+//! each one to a closure and destroys it after (a panic included), so none outlives the call. The queue is
 //! destroyed (and what waits in it dropped) before the consumer, which the source ensures by
 //! declaring it first; a message left in it would keep the consumer from closing.
 
+use std::borrow::Cow;
 use std::ffi::{c_void, CStr, CString};
 use std::ptr::NonNull;
 use std::time::Duration;
@@ -41,13 +42,11 @@ use rdkafka::TopicPartitionList;
 /// The queue the assigned partitions' messages are forwarded to; see the module header.
 pub(super) struct Messages {
     queue: NonNull<rd::rd_kafka_queue_t>,
-    /// Room for the pointers of one take, kept between takes.
-    taken: Vec<*mut rd::rd_kafka_message_t>,
 }
 
 // SAFETY: the source builds this on one thread and runs it on another (`Pipeline` moves it to
 // a blocking task), then uses it from that thread only; librdkafka's queues may be used from
-// any thread. `taken` holds no pointer between calls.
+// any thread.
 unsafe impl Send for Messages {}
 
 impl Messages {
@@ -56,7 +55,6 @@ impl Messages {
         let queue = unsafe { rd::rd_kafka_queue_new(consumer.client().native_ptr()) };
         Self {
             queue: NonNull::new(queue).expect("librdkafka creates a queue or aborts"),
-            taken: Vec::new(),
         }
     }
 
@@ -65,62 +63,49 @@ impl Messages {
         Route(self.queue)
     }
 
-    /// Takes at most `max` messages in offset order per partition, waiting up to `wait` for
+    /// Takes at most `max` messages, in offset order per partition, waiting up to `wait` for
     /// the first when none is there; lends each to `each`, then destroys it. Returns how many
     /// were taken.
+    ///
+    /// One at a time (`rd_kafka_consume_queue`), not in batches: librdkafka's batch call moves
+    /// a partition's read position past the offset of a fetch error as if it were a message
+    /// read, and a cooperative rebalance resumes fetching from that position, past a message
+    /// never read. The single call leaves the position alone for an error.
     pub fn take(
         &mut self,
         max: usize,
         wait: Duration,
         mut each: impl FnMut(Result<Lent<'_>, KafkaError>),
     ) -> usize {
-        self.taken.clear();
-        if max == 0 {
-            return 0;
+        let mut wait_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+        for taken in 0..max {
+            // SAFETY: the queue is ours and live; a message returned is ours until destroyed.
+            let message = unsafe { rd::rd_kafka_consume_queue(self.queue.as_ptr(), wait_ms) };
+            let Some(message) = NonNull::new(message).map(Taken) else {
+                return taken;
+            };
+            each(message.lend());
+            wait_ms = 0;
         }
-        if self.append(max, 0) == 0 && !wait.is_zero() {
-            // Waits for one message only: asked for more, librdkafka waits until it has
-            // them all or the time is up, which would hold the first ones back for `wait`.
-            let wait_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
-            if self.append(1, wait_ms) == 1 {
-                self.append(max - 1, 0);
-            }
-        }
-        for &m in &self.taken {
-            // SAFETY: librdkafka returned these messages, each ours until destroyed here; the
-            // reference lent to `each` cannot outlive this iteration.
-            unsafe {
-                each(Lent::of_raw(&*m));
-                rd::rd_kafka_message_destroy(m);
-            }
-        }
-        let n = self.taken.len();
-        self.taken.clear();
-        n
+        max
     }
+}
 
-    /// Appends to `taken` up to `max` messages, waiting up to `wait_ms` for all of them;
-    /// returns how many.
-    fn append(&mut self, max: usize, wait_ms: i32) -> usize {
-        if max == 0 {
-            return 0;
-        }
-        self.taken.reserve(max);
-        let len = self.taken.len();
-        // SAFETY: the queue is ours and live; the array has room for `max` more pointers,
-        // of which librdkafka writes the first `n` it returns.
-        unsafe {
-            let n = rd::rd_kafka_consume_batch_queue(
-                self.queue.as_ptr(),
-                wait_ms,
-                self.taken.as_mut_ptr().add(len),
-                max,
-            );
-            // A negative answer is an error of the call (not of a message): none taken.
-            let n = usize::try_from(n).unwrap_or(0).min(max);
-            self.taken.set_len(len + n);
-            n
-        }
+/// A message taken from the queue: ours until dropped, which destroys it (also when `each`
+/// panics, so librdkafka gets back what the message holds).
+struct Taken(NonNull<rd::rd_kafka_message_t>);
+
+impl Taken {
+    fn lend(&self) -> Result<Lent<'_>, KafkaError> {
+        // SAFETY: the message is live until `self` is dropped, which the borrow outlives not.
+        Lent::of_raw(unsafe { self.0.as_ref() })
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        // SAFETY: taken from librdkafka, destroyed once.
+        unsafe { rd::rd_kafka_message_destroy(self.0.as_ptr()) }
     }
 }
 
@@ -167,7 +152,7 @@ impl Route {
                     tracing::error!(
                         topic = e.topic(),
                         partition = e.partition(),
-                        "librdkafka has no queue for an assigned partition"
+                        "librdkafka has no queue for an assigned partition: it is not read until the next assignment (its lag grows)"
                     );
                     continue;
                 }
@@ -234,8 +219,9 @@ impl<'a> Lent<'a> {
         (known && ms != -1).then_some(ms)
     }
 
-    /// The message's headers, in order, each a name and a value (`None` for a null value).
-    pub fn headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> {
+    /// The message's headers, in order, each a name (bytes that are not UTF-8 replaced) and a
+    /// value (`None` for a null value).
+    pub fn headers(&self) -> impl Iterator<Item = (Cow<'a, str>, Option<&'a [u8]>)> {
         let mut headers = std::ptr::null_mut();
         // SAFETY: the message is live; librdkafka parses its headers once and keeps them with
         // the message, so they live as long as it does.
@@ -253,7 +239,7 @@ impl<'a> Lent<'a> {
                 return None;
             }
             // SAFETY: a header's name is a C string that lives with the headers.
-            let name = unsafe { CStr::from_ptr(name) }.to_str().unwrap_or_default();
+            let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
             Some((name, bytes_at(value as *mut c_void, len)))
         })
     }
