@@ -6,15 +6,15 @@
 //!    rebalance and at close; `enable.auto.offset.store` is off so nothing else is stored);
 //! 2. serve the consumer's queue: rebalances, errors, statistics (never messages, see below);
 //! 3. take as many messages as the in-flight window (`max_in_flight_events`) has room for,
-//!    at most [`TAKE_AT_MOST`] a turn: copy each out, [`decode`](crate::decode) it, register it
+//!    at most `TAKE_AT_MOST` a turn: copy each out, [`decode`](crate::decode) it, register it
 //!    with the tracker (owed by the sinks whose filter matches, or by the quarantine), then
 //!    queue it.
 //!
 //! It never blocks on a sink. The messages wait in a queue of the source's own
-//! ([`messages`]), apart from the consumer's queue, so when the sinks fall behind the source
-//! simply takes none and goes on serving the consumer's queue: the consumer stays in its
-//! group (`max.poll.interval.ms`), librdkafka stops fetching once its bounded read-ahead is
-//! full ([`client_config`]), and memory stays bounded. Nothing is paused, so nothing read
+//! (`source/messages.rs`), apart from the consumer's queue, so when the sinks fall behind the
+//! source simply takes none and goes on serving the consumer's queue: the consumer stays in
+//! its group (`max.poll.interval.ms`), librdkafka stops fetching once its bounded read-ahead
+//! is full ([`client_config`]), and memory stays bounded. Nothing is paused, so nothing read
 //! ahead is thrown away, and reading goes on the moment the window has room.
 //!
 //! Rebalances run inside `poll` on this thread. On revoke, the reports received so far are

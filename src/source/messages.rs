@@ -17,16 +17,17 @@
 //! `queued.max.messages.kbytes` wait on the queue it forwards to: what waits is bounded,
 //! kept, and never fetched twice, and reading goes on the moment there is room.
 //!
-//! **Order.** [`Messages::route`] runs in the rebalance callback *before* `assign` starts
+//! **Order.** [`Route::forward`] runs in the rebalance callback *before* `assign` starts
 //! fetching the partitions, and librdkafka leaves a forwarding the application set alone when
 //! it starts fetching, so none of a partition's messages reaches the consumer's queue and one
 //! queue keeps them in offset order. Messages of a revoked partition that still wait here
 //! belong to an outdated fetch and librdkafka drops them when they are taken.
 //!
 //! **Lifetime.** A taken message points into librdkafka's buffers: [`Messages::take`] lends
-//! each one to a closure and destroys it after (a panic included), so none outlives the call. The queue is
-//! destroyed (and what waits in it dropped) before the consumer, which the source ensures by
-//! declaring it first; a message left in it would keep the consumer from closing.
+//! each one to a closure and destroys it after (a panic included), so none outlives the call.
+//! The queue is destroyed (and what waits in it dropped) before the consumer, which the
+//! source ensures by declaring it first; a message left in it would keep the consumer from
+//! closing.
 
 use std::borrow::Cow;
 use std::ffi::{c_void, CStr, CString};
@@ -97,7 +98,8 @@ struct Taken(NonNull<rd::rd_kafka_message_t>);
 
 impl Taken {
     fn lend(&self) -> Result<Lent<'_>, KafkaError> {
-        // SAFETY: the message is live until `self` is dropped, which the borrow outlives not.
+        // SAFETY: the message is live until `self` is dropped, and the borrow cannot outlive
+        // `self`.
         Lent::of_raw(unsafe { self.0.as_ref() })
     }
 }
