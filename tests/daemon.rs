@@ -19,21 +19,29 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// Produces `n` events at about `per_sec`, returning their ids in order.
 fn produce_paced(kafka: &EmbeddedKafka, seed: u64, n: usize, per_sec: usize) -> Vec<String> {
-    produce_counted(kafka, seed, n, per_sec, &AtomicUsize::new(0))
+    produce_counted(
+        kafka,
+        seed,
+        &AtomicUsize::new(n),
+        per_sec,
+        &AtomicUsize::new(0),
+    )
 }
 
-/// As [`produce_paced`], counting in `produced` what the cluster has acknowledged.
+/// Produces events at about `per_sec` until `until` of them are acknowledged (`until` may be
+/// moved while this runs), counting in `produced` what the cluster has acknowledged.
 fn produce_counted(
     kafka: &EmbeddedKafka,
     seed: u64,
-    n: usize,
+    until: &AtomicUsize,
     per_sec: usize,
     produced: &AtomicUsize,
 ) -> Vec<String> {
     let mut g = Generator::new(seed, 8);
-    let mut ids = Vec::with_capacity(n);
+    let mut ids = Vec::new();
     let chunk = (per_sec / 20).max(1);
-    for i in 0..n {
+    let mut i = 0;
+    while i < until.load(Ordering::SeqCst) {
         let (key, e) = g.next_event();
         ids.push(e["id"].as_str().unwrap().to_string());
         kafka
@@ -44,16 +52,27 @@ fn produce_counted(
                 Some(e.to_string().as_bytes()),
             )
             .unwrap();
-        if i % chunk == chunk - 1 {
+        i += 1;
+        if i % chunk == 0 {
             kafka.flush().unwrap();
-            produced.store(i + 1, Ordering::SeqCst);
+            produced.store(i, Ordering::SeqCst);
             // Pacing the producer, not waiting for a condition.
             std::thread::sleep(Duration::from_millis(50));
         }
     }
     kafka.flush().unwrap();
-    produced.store(n, Ordering::SeqCst);
+    produced.store(i, Ordering::SeqCst);
     ids
+}
+
+/// Stops a [`produce_counted`] that runs until told, also when the test fails before telling it
+/// (a scope waits for its threads, so a producer left running would hang the failing test).
+struct StopOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
 }
 
 fn lines(path: &std::path::Path) -> usize {
@@ -120,7 +139,8 @@ fn kill_dash_nine_mid_stream_loses_nothing_and_restart_resumes_from_the_commit()
 
     let produced = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        let producer = s.spawn(|| produce_counted(&kafka, 2, 5000, 800, &produced));
+        let producer =
+            s.spawn(|| produce_counted(&kafka, 2, &AtomicUsize::new(5000), 800, &produced));
         let mut resumed_somewhere = false;
         for (round, at) in [500usize, 1500, 2500].into_iter().enumerate() {
             let mut d = Daemon::start(&config, &dir.path().join(format!("run{round}.log")));
@@ -235,9 +255,20 @@ fn two_daemons_split_and_one_takes_over(assignor: Option<&str>) {
     let (ca, cb) = (config(&da), config(&db));
     let (oa, ob) = (da.join("out.jsonl"), db.join("out.jsonl"));
 
+    // The producer goes on until a has died and 2,000 more events are on their way, so that b
+    // has a's partitions to take over.
+    let (until, produced) = (AtomicUsize::new(usize::MAX), AtomicUsize::new(0));
     std::thread::scope(|s| {
-        let producer = s.spawn(|| produce_paced(&kafka, 3, 6000, 1000));
+        let producer = s.spawn(|| produce_counted(&kafka, 3, &until, 1000, &produced));
+        let _stops_the_producer_on_failure = StopOnDrop(&until);
         let mut a = Daemon::start(&ca, &dir.path().join("a.log"));
+        // b joins only once a holds every partition, so that a is the one that must give some
+        // up (started together, either may be first, or both may join the same generation).
+        wait_for("a holds every partition", LONG, || {
+            a.log_text().lines().any(|l| {
+                l.contains("partitions assigned") && l.matches(&format!("\"{TOPIC}/")).count() == 4
+            })
+        });
         let mut b = Daemon::start(&cb, &dir.path().join("b.log"));
         wait_for("both daemons deliver", LONG, || {
             lines(&oa) > 100 && lines(&ob) > 100
@@ -263,6 +294,7 @@ fn two_daemons_split_and_one_takes_over(assignor: Option<&str>) {
         a.signal(libc::SIGKILL);
         a.wait(LONG);
         let b_before = lines(&ob);
+        until.store(produced.load(Ordering::SeqCst) + 2000, Ordering::SeqCst);
         let ids = producer.join().unwrap();
         wait_for(
             "every event delivered by a or b",
