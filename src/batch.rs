@@ -8,14 +8,14 @@
 //! A batch can carry a `label` computed from the item that opened it (the S3 sink's object
 //! key is rendered on the batch's first event), so the work is done once per batch.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use crate::config::BatchConfig;
-use crate::event::TopicPartition;
+use crate::event::{PartitionMap, TopicPartition};
 
 /// One event rendered for one sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,14 +110,14 @@ struct Open {
 /// Open batches per partition, and the limits that close them.
 pub struct Batcher {
     limits: BatchConfig,
-    open: HashMap<TopicPartition, Open>,
+    open: PartitionMap<Open>,
 }
 
 impl Batcher {
     pub fn new(limits: BatchConfig) -> Self {
         Self {
             limits,
-            open: HashMap::new(),
+            open: PartitionMap::default(),
         }
     }
 

@@ -32,6 +32,10 @@ pub struct TopicPartition {
     pub partition: i32,
 }
 
+/// A map keyed by partition, looked up for every event: hashed with Fx, not SipHash (the keys
+/// are the configured topics' partitions, which nobody outside chooses).
+pub type PartitionMap<V> = rustc_hash::FxHashMap<TopicPartition, V>;
+
 impl fmt::Display for TopicPartition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.topic, self.partition)

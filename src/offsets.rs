@@ -41,9 +41,9 @@
 //!
 //! This module is pure: no Kafka, no I/O, no clock. It is unit- and property-tested below.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
-use crate::event::TopicPartition;
+use crate::event::{PartitionMap, TopicPartition};
 
 /// One party that must finish an event: a sink (by its index in the configuration) or the
 /// quarantine. Slots are bits of a `u64`, so there are at most 63 sinks.
@@ -153,7 +153,7 @@ impl PartitionLog {
 /// Tracks, per partition, the contiguous prefix of finished messages.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    partitions: HashMap<TopicPartition, PartitionLog>,
+    partitions: PartitionMap<PartitionLog>,
     in_flight: usize,
     committed: u64,
 }

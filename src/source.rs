@@ -26,7 +26,7 @@
 //! batches) and waits until every worker has dropped its report sender, then commits the final
 //! positions. [`SourceControl::stop_now`] commits what is finished and returns at once.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -271,7 +271,7 @@ struct Intake {
     router: Option<Router>,
     quarantine: Option<Quarantine>,
     status: Arc<Status>,
-    topics: HashMap<String, Arc<str>>,
+    topics: FxHashMap<String, Arc<str>>,
     last_error: Option<(String, Instant)>,
     /// Whether a message came on the consumer's queue (said once).
     unrouted: bool,
@@ -348,7 +348,7 @@ impl Source {
                 router: Some(router),
                 quarantine: Some(quarantine),
                 status,
-                topics: HashMap::new(),
+                topics: FxHashMap::default(),
                 last_error: None,
                 unrouted: false,
             },
@@ -602,7 +602,7 @@ fn register(shared: &Mutex<Shared>, tp: &TopicPartition, offset: i64, pending: P
 }
 
 /// Copies a message out of librdkafka's buffer. Topic names are shared, not copied.
-fn copy_message(m: &Lent<'_>, topics: &mut HashMap<String, Arc<str>>) -> RawMessage {
+fn copy_message(m: &Lent<'_>, topics: &mut FxHashMap<String, Arc<str>>) -> RawMessage {
     let topic = match topics.get(m.topic()) {
         Some(t) => t.clone(),
         None => {
