@@ -26,7 +26,6 @@
 //! batches) and waits until every worker has dropped its report sender, then commits the final
 //! positions. [`SourceControl::stop_now`] commits what is finished and returns at once.
 
-use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,6 +36,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rustc_hash::FxHashMap;
 
 use crate::config::KafkaConfig;
 use crate::decode::decode;

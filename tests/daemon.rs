@@ -28,8 +28,9 @@ fn produce_paced(kafka: &EmbeddedKafka, seed: u64, n: usize, per_sec: usize) -> 
     )
 }
 
-/// Produces events at about `per_sec` until `until` of them are acknowledged (`until` may be
-/// moved while this runs), counting in `produced` what the cluster has acknowledged.
+/// Produces events at about `per_sec` until it has sent `until` of them (`until` may be moved
+/// while this runs), then waits for the cluster's acknowledgement; counts in `produced` what
+/// the cluster has acknowledged. Returns the ids sent, in order.
 fn produce_counted(
     kafka: &EmbeddedKafka,
     seed: u64,
