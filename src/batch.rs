@@ -8,6 +8,7 @@
 //! A batch can carry a `label` computed from the item that opened it (the S3 sink's object
 //! key is rendered on the batch's first event), so the work is done once per batch.
 
+use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::pin::Pin;
 
@@ -123,7 +124,7 @@ impl Batcher {
 
     /// Adds a record; returns the batches this closes (at most two: the one the record did not
     /// fit into, and the record's own when it is full at once). `label` is called when the
-    /// record opens a new batch.
+    /// record opens a new batch. The partition is looked up once.
     pub fn push(
         &mut self,
         tp: TopicPartition,
@@ -133,23 +134,28 @@ impl Batcher {
     ) -> Vec<Batch> {
         let mut closed = Vec::new();
         let max_bytes = self.limits.max_bytes.as_usize();
-        if let Some(open) = self.open.get(&tp) {
-            if !open.batch.is_empty() && open.batch.bytes + record.body.len() > max_bytes {
-                if let Some(open) = self.open.remove(&tp) {
-                    closed.push(open.batch);
+        let deadline = now + self.limits.max_age.get();
+        let mut open = match self.open.entry(tp) {
+            Entry::Occupied(mut e) => {
+                let open = e.get_mut();
+                if !open.batch.is_empty() && open.batch.bytes + record.body.len() > max_bytes {
+                    let fresh = Open {
+                        batch: Batch::new(open.batch.tp.clone(), label()),
+                        deadline,
+                    };
+                    closed.push(std::mem::replace(open, fresh).batch);
                 }
+                e
             }
-        }
-        let age = self.limits.max_age.get();
-        let open = self.open.entry(tp.clone()).or_insert_with(|| Open {
-            batch: Batch::new(tp.clone(), label()),
-            deadline: now + age,
-        });
-        open.batch.push(record);
-        if open.batch.len() >= self.limits.max_events || open.batch.bytes >= max_bytes {
-            if let Some(open) = self.open.remove(&tp) {
-                closed.push(open.batch);
+            Entry::Vacant(e) => {
+                let batch = Batch::new(e.key().clone(), label());
+                e.insert_entry(Open { batch, deadline })
             }
+        };
+        let batch = &mut open.get_mut().batch;
+        batch.push(record);
+        if batch.len() >= self.limits.max_events || batch.bytes >= max_bytes {
+            closed.push(open.remove().batch);
         }
         closed
     }
