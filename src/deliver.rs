@@ -263,7 +263,9 @@ impl Running {
             .render_redacted(self.w.index, self.w.redactor.as_ref(), &event)
         .map_err(|e| e.to_string())
             .and_then(|body| {
-                if self.w.sink.one_record_per_line() && body.contains(['\n', '\r']) {
+                if self.w.sink.one_record_per_line()
+                    && memchr::memchr2(b'\n', b'\r', body.as_bytes()).is_some()
+                {
                     Err("the rendered record contains a line break, and this sink writes one record per line (use the `json` helper for values that may hold line breaks)".to_string())
                 } else {
                     Ok(body)
