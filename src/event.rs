@@ -11,6 +11,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod tree;
+
 /// Where a message sits in Kafka.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Coords {
@@ -106,7 +108,12 @@ impl Event {
     /// `decode` checked the syntax, so this fails only where serde_json's tree is stricter
     /// than its syntax check (a number beyond `f64`); the caller quarantines the event then.
     pub fn fields(&self) -> Result<Value, serde_json::Error> {
-        let mut value: Value = serde_json::from_slice(&self.raw)?;
+        // From a `str`, serde_json takes each string as it is; from bytes it checks each one
+        // as UTF-8 again (3 % of rendering). One check of the whole text is cheaper.
+        let mut value: Value = match std::str::from_utf8(&self.raw) {
+            Ok(text) => tree::parse(text)?,
+            Err(_) => serde_json::from_slice(&self.raw)?,
+        };
         if let Value::Object(map) = &mut value {
             map.insert("_kafka".into(), self.kafka_fields());
         }
