@@ -150,7 +150,8 @@ pub struct Run {
 
 /// Runs the pipeline on `topic` until `n` events are delivered by its one sink, sampling
 /// events/s every 250 ms (and, with `timeline`, printing what was read, queued and delivered
-/// at each sample, to stderr); then stops it gracefully.
+/// at each sample, to stderr). It is stopped gracefully once all `n` are read, so that the
+/// open batches are flushed as at the end of the run without Kafka.
 pub async fn run_pipeline(
     from: &Subscription<'_>,
     sink: &str,
@@ -170,8 +171,12 @@ pub async fn run_pipeline(
     let sink = status.sinks[0].clone();
     // The run is timed from the first message read (joining the group is not the pipeline's
     // rate) to the last event delivered, looked at every 5 ms; the chart samples every 250 ms.
+    // It ends as the run without Kafka ends, where the queue closes after the last event:
+    // once all `n` are read, a graceful stop flushes the open batches (a source never ends,
+    // so the last batches would otherwise wait for `max_age`).
     let mut points = Vec::new();
     let mut first: Option<Instant> = None;
+    let mut stopping = false;
     let mut last_sample: Option<(Instant, u64)> = None;
     let mut progress = (Instant::now(), (0, 0));
     loop {
@@ -189,6 +194,10 @@ pub async fn run_pipeline(
             done.1,
             status.source.partitions().iter().map(|(tp, p)| (tp.to_string(), p.committed)).collect::<Vec<_>>(),
         );
+        if !stopping && status.source.consumed() >= n {
+            shutdown.request(Stage::Graceful);
+            stopping = true;
+        }
         if first.is_none() && status.source.consumed() > 0 {
             first = Some(now);
             last_sample = Some((now, 0));
@@ -214,10 +223,20 @@ pub async fn run_pipeline(
         if delivered >= n {
             break;
         }
-        assert!(!running.is_finished(), "the pipeline stopped early");
+        if running.is_finished() {
+            // It may have delivered the last events since `delivered` was read.
+            let delivered = sink.delivered();
+            assert!(
+                delivered >= n,
+                "the pipeline stopped with {delivered} of {n} delivered"
+            );
+            break;
+        }
     }
     let took = first.map_or(Duration::ZERO, |f| f.elapsed());
-    shutdown.request(Stage::Graceful);
+    if !stopping {
+        shutdown.request(Stage::Graceful);
+    }
     running.await.expect("join").expect("the pipeline ran");
     Run {
         took,
