@@ -7,12 +7,20 @@
 //!
 //! A batch can carry a `label` computed from the item that opened it (the S3 sink's object
 //! key is rendered on the batch's first event), so the work is done once per batch.
+//!
+//! **A full window closes batches.** The events in open batches count against the source's
+//! in-flight window. With many partitions, open batches can hold the whole window before any
+//! fills (24 partitions × 10,000 events > 50,000), and then nothing more is read until
+//! `max_age` (30 s for S3): the rate would fall to a window per `max_age`. So while the
+//! source waits for room (`held`), [`batches`] closes every open batch as soon as nothing
+//! more waits to be batched; at full speed, batches still fill to their limits.
 
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::BatchConfig;
@@ -193,8 +201,15 @@ pub type Run<C> = Vec<(TopicPartition, Record, C)>;
 /// clock is read and the age timer set once per run, not once per record, which kept a
 /// sink's one batching task as busy as all its rendering. Each record carries a context `C`
 /// from which `label` computes a new batch's label. When the input ends, the open batches are
-/// flushed and the stream ends.
-pub fn batches<S, C, L>(input: S, limits: BatchConfig, label: L) -> impl Stream<Item = Batch>
+/// flushed and the stream ends. While `held` is true (the source waits for room in its
+/// window), the open batches are flushed whenever the input has nothing ready (see the
+/// module header).
+pub fn batches<S, C, L>(
+    input: S,
+    limits: BatchConfig,
+    held: watch::Receiver<bool>,
+    label: L,
+) -> impl Stream<Item = Batch>
 where
     S: Stream<Item = Run<C>> + Send + 'static,
     C: Send + 'static,
@@ -205,6 +220,8 @@ where
         batcher: Batcher,
         ready: VecDeque<Batch>,
         ended: bool,
+        held: watch::Receiver<bool>,
+        watching: bool,
         label: L,
     }
     let state = State {
@@ -212,6 +229,8 @@ where
         batcher: Batcher::new(limits),
         ready: VecDeque::new(),
         ended: false,
+        held,
+        watching: true,
         label,
     };
     futures::stream::unfold(state, |mut st| async move {
@@ -222,8 +241,14 @@ where
             if st.ended {
                 return None;
             }
-            let deadline = st.batcher.next_deadline();
+            // Held: the open batches are all due now, once the input has nothing ready.
+            let held = *st.held.borrow_and_update();
+            let deadline = match st.batcher.next_deadline() {
+                Some(_) if held => Some(Instant::now()),
+                d => d,
+            };
             tokio::select! {
+                biased;
                 run = st.input.next() => match run {
                     Some(run) => {
                         let now = Instant::now();
@@ -239,7 +264,17 @@ where
                     }
                 },
                 _ = sleep_until(deadline), if deadline.is_some() => {
-                    st.ready.extend(st.batcher.take_expired(Instant::now()));
+                    let closed = if held {
+                        st.batcher.drain()
+                    } else {
+                        st.batcher.take_expired(Instant::now())
+                    };
+                    st.ready.extend(closed);
+                }
+                // Looked at again at the top of the loop. An error: the source is gone (its
+                // last word stays), and the input ends soon.
+                changed = st.held.changed(), if st.watching => {
+                    st.watching = changed.is_ok();
                 }
             }
         }
@@ -327,9 +362,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_stream_flushes_by_age_and_at_the_end() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (_held, not_held) = watch::channel(false);
         let mut out = Box::pin(batches(
             tokio_stream_from(rx),
             limits(100, 1 << 20, 1000),
+            not_held,
             |first: &i64| Some(format!("opened by {first}")),
         ));
         tx.send(vec![(tp(0), rec(0, 1), 0)]).unwrap();
@@ -344,6 +381,46 @@ mod tests {
         assert_eq!(rest[0].offsets(), vec![1], "flushed at end");
         assert_eq!(rest[1].label.as_deref(), Some("opened by 2"));
         assert!(out.next().await.is_none());
+    }
+
+    /// While the source waits for room, open batches go out without waiting for their age,
+    /// whether the window was full before they opened or filled while they waited; when it
+    /// has room again, batches wait for their limits again.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_window_closes_the_open_batches_without_waiting_for_their_age() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (held, held_rx) = watch::channel(true);
+        let mut out = Box::pin(batches(
+            tokio_stream_from(rx),
+            limits(100, 1 << 20, 60_000),
+            held_rx,
+            |_: &()| None,
+        ));
+        let t0 = Instant::now();
+        tx.send(vec![(tp(0), rec(0, 1), ()), (tp(1), rec(0, 1), ())])
+            .unwrap();
+        let mut both = vec![out.next().await.unwrap(), out.next().await.unwrap()];
+        both.sort_by_key(|b| b.tp.partition);
+        assert_eq!(both[0].offsets(), vec![0]);
+        assert_eq!(both[1].offsets(), vec![0]);
+        assert_eq!(t0.elapsed(), Duration::ZERO, "not by age");
+
+        held.send_replace(false);
+        tx.send(vec![(tp(0), rec(1, 1), ())]).unwrap();
+        let fill = async {
+            // The batch is open and waiting when the window fills.
+            tokio::task::yield_now().await;
+            held.send_replace(true);
+        };
+        let (b, ()) = tokio::join!(out.next(), fill);
+        assert_eq!(b.unwrap().offsets(), vec![1]);
+        assert_eq!(t0.elapsed(), Duration::ZERO, "not by age");
+
+        held.send_replace(false);
+        tx.send(vec![(tp(0), rec(2, 1), ())]).unwrap();
+        let b = out.next().await.unwrap();
+        assert_eq!(b.offsets(), vec![2]);
+        assert_eq!(t0.elapsed(), Duration::from_secs(60), "by age, with room");
     }
 
     fn tokio_stream_from<T: Send + 'static>(

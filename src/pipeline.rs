@@ -222,6 +222,7 @@ impl Pipeline {
                 probe_now: probe_now[&sc.name].clone(),
                 redactor: crate::redact::Redactor::new(&sc.privacy),
                 journal: integrity[index].as_ref().map(|(j, _)| j.clone()),
+                held: status.source.watch_paused(),
                 // A sink that holds its share of the window is holding the others.
                 spill: (config.sinks.len() > 1).then(|| crate::deliver::Spill {
                     status: status.clone(),

@@ -247,7 +247,8 @@ pub struct SourceStatus {
     rejected: AtomicU64,
     committable: AtomicU64,
     in_flight: AtomicU64,
-    paused: AtomicBool,
+    /// Whether the source waits for room in its window; the sinks' batching watches it.
+    paused: tokio::sync::watch::Sender<bool>,
     assigned: AtomicU64,
     closed: AtomicBool,
 }
@@ -271,7 +272,13 @@ impl SourceStatus {
         self.in_flight.store(in_flight as u64, Ordering::Relaxed);
     }
     pub fn set_paused(&self, paused: bool) {
-        self.paused.store(paused, Ordering::Relaxed);
+        self.paused
+            .send_if_modified(|p| std::mem::replace(p, paused) != paused);
+    }
+    /// Follows [`Self::paused`]: while it is true, the sinks close their open batches rather
+    /// than wait to fill them (see [`crate::batch`]).
+    pub fn watch_paused(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.paused.subscribe()
     }
     fn partitions_mut(
         &self,
@@ -319,7 +326,7 @@ impl SourceStatus {
         self.in_flight.load(Ordering::Relaxed)
     }
     pub fn paused(&self) -> bool {
-        self.paused.load(Ordering::Relaxed)
+        *self.paused.borrow()
     }
     pub fn assigned(&self) -> u64 {
         self.assigned.load(Ordering::Relaxed)

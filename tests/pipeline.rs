@@ -408,3 +408,52 @@ async fn redaction_and_pseudonyms_apply_to_one_sink_only() {
         "different people, different tokens"
     );
 }
+
+/// Batches that cannot fill while the window is full go out at once. Eight partitions whose
+/// batches would each take 1,000 events, with a window of 100 and an age limit of an hour:
+/// the open batches hold the whole window before any fills, so without closing them when
+/// the source waits for room, nothing more would be read for an hour. Every event is read,
+/// and after the stop every event has arrived, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_window_closes_batches_that_could_not_fill() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 8).unwrap();
+    let ids = produce_events(&kafka, TOPIC, 5, 2_000);
+
+    let mut text = config_head(kafka.bootstrap_servers(), "window-test", TOPIC, dir.path());
+    text.push_str(&format!(
+        r#"
+[pipeline]
+max_in_flight_events = 100
+
+[[sinks]]
+name = "archive"
+type = "file"
+path = "{}"
+template = '{COORDS_TEMPLATE}'
+[sinks.batch]
+max_events = 1000
+max_age = "1h"
+"#,
+        dir.path().join("archive.jsonl").display()
+    ));
+    let config = dir.path().join("auditstream.toml");
+    std::fs::write(&config, text).unwrap();
+
+    let running = start_pipeline(&config).await;
+    let status = running.status.clone();
+    wait_until(
+        "every event read, an hour before any batch could close by age",
+        Duration::from_secs(60),
+        || status.source.consumed() >= ids.len() as u64,
+    )
+    .await;
+    // The last events wait in batches that do not fill (the stream is quiet, and the window
+    // has room): they go when they reach their age, or, as here, at a graceful stop.
+    running.stop().await.unwrap();
+
+    let seen = read_seen(&dir.path().join("archive.jsonl"));
+    assert_eq!(assert_all_arrived(&ids, &seen), 0, "no duplicates");
+    assert_ordered_per_partition(&seen, false);
+}

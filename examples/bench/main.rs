@@ -274,6 +274,8 @@ async fn run_one(
     let (reports_tx, reports) = std::sync::mpsc::channel();
     let (quarantine, qqueue) = Quarantine::channel();
     let (queue, events) = tokio::sync::mpsc::unbounded_channel();
+    // Held as the source holds it: from a full window until half of it has finished.
+    let (held, held_rx) = tokio::sync::watch::channel(false);
     let worker = Worker {
         index: 0,
         slot: Slot::sink(0).unwrap(),
@@ -294,6 +296,7 @@ async fn run_one(
             exporter: Exporter::new(&dir.join("expired")),
         },
         probe_now: Arc::new(tokio::sync::Notify::new()),
+        held: held_rx,
         spill: None,
         redactor: None,
         journal: None,
@@ -309,12 +312,19 @@ async fn run_one(
         let topic: Arc<str> = "bench".into();
         let mut finished = 0u64;
         for (i, p) in payloads.iter().cycle().take(count).enumerate() {
+            while let Ok(r) = reports.try_recv() {
+                finished += r.offsets.len() as u64;
+            }
             while i as u64 - finished >= window {
+                held.send_if_modified(|h| !std::mem::replace(h, true));
                 match reports.recv_timeout(Duration::from_millis(100)) {
                     Ok(r) => finished += r.offsets.len() as u64,
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return finished,
                 }
+            }
+            if i as u64 - finished <= window / 2 {
+                held.send_if_modified(|h| std::mem::replace(h, false));
             }
             let msg = RawMessage {
                 coords: Coords {
