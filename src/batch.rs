@@ -399,7 +399,7 @@ mod tests {
         let t0 = Instant::now();
         tx.send(vec![(tp(0), rec(0, 1), ()), (tp(1), rec(0, 1), ())])
             .unwrap();
-        let mut both = vec![out.next().await.unwrap(), out.next().await.unwrap()];
+        let mut both = [out.next().await.unwrap(), out.next().await.unwrap()];
         both.sort_by_key(|b| b.tp.partition);
         assert_eq!(both[0].offsets(), vec![0]);
         assert_eq!(both[1].offsets(), vec![0]);
