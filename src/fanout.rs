@@ -96,11 +96,12 @@ impl Router {
     /// pending (its offset is never committed); the pipeline notices the stopped worker.
     pub fn send(&self, event: Arc<Event>, to: Pending) {
         for r in self.routes.iter().filter(|r| to.contains(r.slot)) {
-            match r.queue.send(event.clone()) {
-                Ok(()) => r.status.add_queued(1),
-                Err(_) => {
-                    tracing::error!(slot = ?r.slot, "a sink worker has stopped; its events stay uncommitted")
-                }
+            // Counted before it is sent: the worker may render it and count it off at once,
+            // and a count that went below zero (saturating) would stay one too high.
+            r.status.add_queued(1);
+            if r.queue.send(event.clone()).is_err() {
+                r.status.sub_queued(1);
+                tracing::error!(slot = ?r.slot, "a sink worker has stopped; its events stay uncommitted");
             }
         }
     }
