@@ -12,8 +12,10 @@
 //! in-flight window. With many partitions, open batches can hold the whole window before any
 //! fills (24 partitions × 10,000 events > 50,000), and then nothing more is read until
 //! `max_age` (30 s for S3): the rate would fall to a window per `max_age`. So while the
-//! source waits for room (`held`), [`batches`] closes every open batch as soon as nothing
-//! more waits to be batched; at full speed, batches still fill to their limits.
+//! source waits for room, [`batches`] closes every open batch as soon as nothing more waits
+//! to be batched for the sink ([`FullWindow`]): no event is queued or being rendered, so no
+//! batch can grow. A sink that is itself the slow one still has events waiting and fills
+//! its batches; at full speed, with room in the window, batches fill to their limits.
 
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
@@ -193,6 +195,21 @@ impl Batcher {
     }
 }
 
+/// When a sink's open batches go out before they fill (see the module header).
+pub struct FullWindow {
+    /// Whether the source waits for room in its window.
+    pub held: watch::Receiver<bool>,
+    /// The sink's events not yet handed to the batcher (queued or being rendered).
+    pub waiting: Box<dyn Fn() -> u64 + Send>,
+}
+
+impl FullWindow {
+    /// The window is full and no batch can grow.
+    fn now(&mut self) -> bool {
+        *self.held.borrow_and_update() && (self.waiting)() == 0
+    }
+}
+
 /// A run of rendered records, each with its context (see [`batches`]).
 pub type Run<C> = Vec<(TopicPartition, Record, C)>;
 
@@ -201,13 +218,12 @@ pub type Run<C> = Vec<(TopicPartition, Record, C)>;
 /// clock is read and the age timer set once per run, not once per record, which kept a
 /// sink's one batching task as busy as all its rendering. Each record carries a context `C`
 /// from which `label` computes a new batch's label. When the input ends, the open batches are
-/// flushed and the stream ends. While `held` is true (the source waits for room in its
-/// window), the open batches are flushed whenever the input has nothing ready (see the
-/// module header).
+/// flushed and the stream ends. While the window is full and nothing more waits for this
+/// sink (`full`), the open batches are flushed (see the module header).
 pub fn batches<S, C, L>(
     input: S,
     limits: BatchConfig,
-    held: watch::Receiver<bool>,
+    full: FullWindow,
     label: L,
 ) -> impl Stream<Item = Batch>
 where
@@ -220,7 +236,7 @@ where
         batcher: Batcher,
         ready: VecDeque<Batch>,
         ended: bool,
-        held: watch::Receiver<bool>,
+        full: FullWindow,
         watching: bool,
         label: L,
     }
@@ -229,7 +245,7 @@ where
         batcher: Batcher::new(limits),
         ready: VecDeque::new(),
         ended: false,
-        held,
+        full,
         watching: true,
         label,
     };
@@ -241,10 +257,10 @@ where
             if st.ended {
                 return None;
             }
-            // Held: the open batches are all due now, once the input has nothing ready.
-            let held = *st.held.borrow_and_update();
+            // The open batches are all due now, once the input has nothing ready.
+            let flush = st.full.now();
             let deadline = match st.batcher.next_deadline() {
-                Some(_) if held => Some(Instant::now()),
+                Some(_) if flush => Some(Instant::now()),
                 d => d,
             };
             tokio::select! {
@@ -264,7 +280,7 @@ where
                     }
                 },
                 _ = sleep_until(deadline), if deadline.is_some() => {
-                    let closed = if held {
+                    let closed = if flush {
                         st.batcher.drain()
                     } else {
                         st.batcher.take_expired(Instant::now())
@@ -273,7 +289,7 @@ where
                 }
                 // Looked at again at the top of the loop. An error: the source is gone (its
                 // last word stays), and the input ends soon.
-                changed = st.held.changed(), if st.watching => {
+                changed = st.full.held.changed(), if st.watching => {
                     st.watching = changed.is_ok();
                 }
             }
@@ -291,6 +307,8 @@ async fn sleep_until(deadline: Option<Instant>) {
 mod tests {
     use super::*;
     use crate::config::{ByteSize, HumanDuration};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn tp(p: i32) -> TopicPartition {
@@ -362,11 +380,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_stream_flushes_by_age_and_at_the_end() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (_held, not_held) = watch::channel(false);
+        let (_held, held) = watch::channel(false);
         let mut out = Box::pin(batches(
             tokio_stream_from(rx),
             limits(100, 1 << 20, 1000),
-            not_held,
+            FullWindow {
+                held,
+                waiting: Box::new(|| 0),
+            },
             |first: &i64| Some(format!("opened by {first}")),
         ));
         tx.send(vec![(tp(0), rec(0, 1), 0)]).unwrap();
@@ -383,17 +404,25 @@ mod tests {
         assert!(out.next().await.is_none());
     }
 
-    /// While the source waits for room, open batches go out without waiting for their age,
-    /// whether the window was full before they opened or filled while they waited; when it
-    /// has room again, batches wait for their limits again.
+    /// While the source waits for room and nothing more waits for the sink, open batches go
+    /// out without waiting for their age, whether the window was full before they opened or
+    /// filled while they waited. With events still waiting (this sink is the slow one), or
+    /// with room in the window, batches wait for their limits.
     #[tokio::test(start_paused = true)]
     async fn a_full_window_closes_the_open_batches_without_waiting_for_their_age() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (held, held_rx) = watch::channel(true);
+        let waiting = Arc::new(AtomicU64::new(0));
         let mut out = Box::pin(batches(
             tokio_stream_from(rx),
             limits(100, 1 << 20, 60_000),
-            held_rx,
+            FullWindow {
+                held: held_rx,
+                waiting: Box::new({
+                    let waiting = waiting.clone();
+                    move || waiting.load(Ordering::Relaxed)
+                }),
+            },
             |_: &()| None,
         ));
         let t0 = Instant::now();
@@ -421,6 +450,18 @@ mod tests {
         let b = out.next().await.unwrap();
         assert_eq!(b.offsets(), vec![2]);
         assert_eq!(t0.elapsed(), Duration::from_secs(60), "by age, with room");
+
+        held.send_replace(true);
+        waiting.store(5, Ordering::Relaxed);
+        let t1 = Instant::now();
+        tx.send(vec![(tp(0), rec(3, 1), ())]).unwrap();
+        let b = out.next().await.unwrap();
+        assert_eq!(b.offsets(), vec![3]);
+        assert_eq!(
+            t1.elapsed(),
+            Duration::from_secs(60),
+            "by age, events waiting"
+        );
     }
 
     fn tokio_stream_from<T: Send + 'static>(

@@ -107,8 +107,8 @@ pub struct Worker {
     pub limits: ParkLimits,
     /// Rung by the admin API to probe a broken sink at once.
     pub probe_now: Arc<Notify>,
-    /// Whether the source waits for room in its window: the batches are then closed without
-    /// waiting to fill (see [`crate::batch`]).
+    /// Whether the source waits for room in its window: the batches are then closed once
+    /// nothing more is queued for this sink (see [`crate::batch`]).
     pub held: tokio::sync::watch::Receiver<bool>,
     /// When this sink spills to its park to let the others through; `None`: never.
     pub spill: Option<Spill>,
@@ -192,12 +192,14 @@ impl Worker {
                 Err(_) => Vec::new(),
             },
         );
-        let batches = batch::batches(
-            records,
-            r.w.batch,
-            r.w.held.clone(),
-            move |first: &Arc<Event>| label.label(first),
-        );
+        let waiting = r.w.status.clone();
+        let full = batch::FullWindow {
+            held: r.w.held.clone(),
+            waiting: Box::new(move || waiting.queued()),
+        };
+        let batches = batch::batches(records, r.w.batch, full, move |first: &Arc<Event>| {
+            label.label(first)
+        });
         // Rendering and batching run in their own task, at most two batches ahead of delivery:
         // the next batch is rendered (on the other core) while this one is sent.
         let (ahead_tx, ahead_rx) = tokio::sync::mpsc::channel(2);

@@ -338,10 +338,11 @@ async fn run_one(
                 payload: Some(Bytes::copy_from_slice(p)),
             };
             let event = decode(msg, 1 << 20).expect("generated events decode");
+            // Counted before it is sent, as the fan-out does.
+            queued.add_queued(1);
             if queue.send(Arc::new(event)).is_err() {
                 return finished;
             }
-            queued.add_queued(1);
         }
         drop(queue);
         while finished < total {
