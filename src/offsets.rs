@@ -225,9 +225,18 @@ impl Tracker {
         let Some(log) = self.partitions.get_mut(tp) else {
             return;
         };
+        // A report's offsets ascend and mostly follow each other in the log, so the entry just
+        // after the last one found is looked at first, and the log searched only when it is
+        // not the one.
+        let mut next = 0;
         for &offset in offsets {
-            if let Ok(i) = log.entries.binary_search_by_key(&offset, |(o, _)| *o) {
+            let found = match log.entries.get(next) {
+                Some(&(o, _)) if o == offset => Some(next),
+                _ => log.entries.binary_search_by_key(&offset, |(o, _)| *o).ok(),
+            };
+            if let Some(i) = found {
                 log.entries[i].1.clear(slot);
+                next = i + 1;
             }
         }
         let popped = log.advance();
@@ -389,8 +398,9 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever order sinks finish in, the position never passes an unfinished offset, and
-        /// once everything has finished it is one past the last offset.
+        /// Whatever order sinks finish in, alone or in reports of several offsets in any order,
+        /// the position never passes an unfinished offset, and once everything has finished it
+        /// is one past the last offset.
         #[test]
         fn never_commits_past_unfinished_work(
             partitions in 1usize..4,
@@ -398,6 +408,7 @@ mod tests {
             gaps in proptest::collection::vec(1i64..3, 160),
             routes in proptest::collection::vec(0u64..8, 160),
             order in proptest::collection::vec(any::<proptest::sample::Index>(), 0..600),
+            report_sizes in proptest::collection::vec(0usize..6, 1..50),
         ) {
             let mut t = Tracker::new();
             // (partition, offset, pending) of every registered message.
@@ -432,10 +443,18 @@ mod tests {
                 }
                 Ok(())
             };
-            for idx in &order {
+            // Each step finishes one piece of work and a few more of the same partition and
+            // sink, in whatever order they are found, as one report.
+            for (step, idx) in order.iter().enumerate() {
                 if owed.is_empty() { break; }
                 let (p, o, s) = owed.swap_remove(idx.index(owed.len()));
-                t.finish(&tp(p), o, s);
+                let mut offsets = vec![o];
+                let more = report_sizes[step % report_sizes.len()];
+                while offsets.len() <= more {
+                    let Some(j) = owed.iter().position(|(q, _, r)| *q == p && *r == s) else { break };
+                    offsets.push(owed.swap_remove(j).1);
+                }
+                t.apply(&Finished { slot: s, tp: tp(p), offsets });
                 check(&t, &owed)?;
             }
             for (p, o, s) in owed.drain(..) {

@@ -19,12 +19,14 @@ use rdkafka::Message;
 
 use crate::chart::Series;
 
-/// A producer tuned for loading a topic quickly, putting at most `batch` messages in a batch.
-fn producer(brokers: &str, batch: usize) -> BaseProducer {
+/// A producer tuned for loading a topic quickly, putting at most `batch` messages in a batch,
+/// each compressed with `compression` (librdkafka's `compression.type`).
+fn producer(brokers: &str, batch: usize, compression: &str) -> BaseProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
         .set("batch.num.messages", batch.to_string())
+        .set("compression.type", compression)
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
         .create()
@@ -63,13 +65,20 @@ fn send_next(p: &BaseProducer, topic: &str, g: &mut crate::Padded) {
 }
 
 /// Produces `n` events (generated, padded to about `bytes`, keyed by workspace) in batches of
-/// at most `batch` messages, from [`PRODUCERS`] producers at once.
-pub fn produce(brokers: &str, topic: &str, n: usize, bytes: usize, batch: usize) {
+/// at most `batch` messages compressed with `compression`, from [`PRODUCERS`] producers at once.
+pub fn produce(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    bytes: usize,
+    batch: usize,
+    compression: &str,
+) {
     std::thread::scope(|s| {
         for i in 0..PRODUCERS {
             let count = n / PRODUCERS + usize::from(i < n % PRODUCERS);
             s.spawn(move || {
-                let p = producer(brokers, batch);
+                let p = producer(brokers, batch, compression);
                 let mut g = crate::Padded::new(i as u64, bytes);
                 for _ in 0..count {
                     send_next(&p, topic, &mut g);
@@ -96,15 +105,21 @@ pub fn bare_consume(brokers: &str, topic: &str, n: usize) -> Duration {
     c.subscribe(&[topic]).expect("subscribe");
     let mut seen = 0;
     let mut started = None;
+    let mut progress = Instant::now();
     while seen < n {
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 started.get_or_insert_with(Instant::now);
                 std::hint::black_box(m.payload().map(bytes::Bytes::copy_from_slice));
                 seen += 1;
+                progress = Instant::now();
             }
             Some(Err(e)) => panic!("bare consumer: {e}"),
-            None => {}
+            None => assert!(
+                progress.elapsed() < STALLED,
+                "the bare consumer stalled for {STALLED:?}: read {seen} of {n}; positions {:?}",
+                c.position().map(|l| l.to_topic_map()),
+            ),
         }
     }
     started.map_or(Duration::ZERO, |s| s.elapsed())
@@ -305,7 +320,7 @@ pub async fn latency(brokers: &str, topic: &str, rate: u64, seconds: u64, dir: &
     let topic = topic.to_string();
     // Paced in steps of 10 ms, on a thread of its own.
     tokio::task::spawn_blocking(move || {
-        let p = producer(&brokers, 10_000);
+        let p = producer(&brokers, 10_000, "none");
         let mut g = crate::Padded::new(0, 500);
         let started = Instant::now();
         for i in 0..total {

@@ -10,8 +10,8 @@
 //! cargo run --release --example bench -- [--events N] [--event-bytes B]
 //!     [--sinks file,s3,http|none] [--park] [--kafka | --brokers HOST:PORT]
 //!     [--latency-rate R] [--latency-seconds S] [--in-flight N] [--broker-pid PID]
-//!     [--partitions N] [--produce-batch N] [--timeline] [--rounds N]
-//!     [--chart target/bench.svg]
+//!     [--partitions N] [--produce-batch N] [--produce-compression CODEC] [--timeline]
+//!     [--rounds N] [--chart target/bench.svg]
 //! ```
 //!
 //! `--rounds N` runs the pipeline from Kafka N times (each round a new consumer group reading
@@ -21,16 +21,19 @@
 //! the difference measured, so one pair compares little.
 //!
 //! `--broker-pid PID` (the broker's process on this machine, for example
-//! `$(cat ~/.cache/tansu/pid)`) adds the CPU the broker used while the pipeline read from it:
-//! on one machine the broker takes its share of the same cores.
+//! `$(cat ~/.cache/tansu/pid)`) adds the CPU the broker used while the pipeline read from it,
+//! in every round: on one machine the broker takes its share of the same cores.
 //!
 //! `--timeline` prints, every 250 ms of the run from Kafka, what the pipeline has read, what
 //! waits in the sink's queue, what is unfinished and what is delivered (to stderr).
 //!
 //! `--in-flight` sets `pipeline.max_in_flight_events` for the runs from Kafka (default: the
 //! daemon's); the file sink is then also run without Kafka at that window, to compare at the
-//! same window. `--partitions N` makes the topic with N partitions (default 4), and
-//! `--produce-batch N` puts at most N messages in a produced batch (default 10,000).
+//! same window. `--partitions N` makes the topic with N partitions (default 4),
+//! `--produce-batch N` puts at most N messages in a produced batch (default 10,000), and
+//! `--produce-compression CODEC` compresses the produced batches (librdkafka's
+//! `compression.type`: `none`, the default, `lz4`, `zstd`, `gzip` or `snappy`), as many
+//! audit topics are: the broker then serves fewer bytes and the consumer decompresses them.
 //!
 //! The broker of `../shared/tools/real-kafka` (Tansu 0.6) skips the rest of a record batch
 //! when a fetch starts inside it. The daemon used to pause its partitions when its window was
@@ -98,6 +101,7 @@ struct Args {
     in_flight: Option<u64>,
     broker_pid: Option<u32>,
     produce_batch: usize,
+    produce_compression: String,
     partitions: i32,
     timeline: bool,
     rounds: usize,
@@ -117,6 +121,7 @@ fn args() -> Args {
         in_flight: None,
         broker_pid: None,
         produce_batch: 10_000,
+        produce_compression: "none".into(),
         partitions: 4,
         timeline: false,
         rounds: 1,
@@ -138,6 +143,7 @@ fn args() -> Args {
             "--broker-pid" => a.broker_pid = Some(value.parse().expect("--broker-pid PID")),
             "--partitions" => a.partitions = value.parse().expect("--partitions N"),
             "--produce-batch" => a.produce_batch = value.parse().expect("--produce-batch N"),
+            "--produce-compression" => a.produce_compression = value,
             "--rounds" => a.rounds = value.parse().expect("--rounds N"),
             flag @ ("--park" | "--kafka" | "--timeline") => {
                 match flag {
@@ -660,7 +666,14 @@ async fn main() {
         create_topic(topic.clone()).await;
         let started = Instant::now();
         tokio::task::block_in_place(|| {
-            kafka::produce(&brokers, &topic, a.events, a.event_bytes, a.produce_batch)
+            kafka::produce(
+                &brokers,
+                &topic,
+                a.events,
+                a.event_bytes,
+                a.produce_batch,
+                &a.produce_compression,
+            )
         });
         let bytes = a.events * a.event_bytes;
         println!(
@@ -740,8 +753,11 @@ async fn main() {
                     cpu,
                 );
                 if let Some((rate, cpu)) = ratios.last() {
+                    let broker = broker_cpu.map_or(String::new(), |b| {
+                        format!("; the broker's CPU per event {b:.2} µs")
+                    });
                     println!(
-                        "  of the file sink alone just before: {:.0}%, CPU per event {:.0}% of it",
+                        "  of the file sink alone just before: {:.0}%, CPU per event {:.0}% of it{broker}",
                         100.0 * rate,
                         100.0 * cpu
                     );
