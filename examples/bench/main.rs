@@ -788,7 +788,7 @@ async fn main() {
             if let (Some((_, alone_cpu)), Some(cpu)) = (file_alone, cpu) {
                 if let Some(broker) = broker_cpu {
                     println!(
-                        "  the broker, on the same cores: CPU per event {broker:.1} µs; the pipeline's own and the broker's together {:.0}% of the file sink alone at a window of {IN_FLIGHT}",
+                        "  the broker, on the same cores: CPU per event {broker:.2} µs; the pipeline's own and the broker's together {:.0}% of the file sink alone at a window of {IN_FLIGHT}",
                         100.0 * (cpu + broker) / alone_cpu.max(1e-9)
                     );
                 }
