@@ -125,11 +125,27 @@ pub fn bare_consume(brokers: &str, topic: &str, n: usize) -> Duration {
     started.map_or(Duration::ZERO, |s| s.elapsed())
 }
 
-/// What the pipeline reads: a topic, as a consumer group, from brokers.
+/// What the pipeline reads: a topic, as a consumer group, from brokers, with the consumer's
+/// librdkafka properties (`--consumer-property`) over the bench's own.
 pub struct Subscription<'a> {
     pub brokers: &'a str,
     pub topic: &'a str,
     pub group: &'a str,
+    pub properties: &'a [(String, String)],
+}
+
+/// The daemon's `[kafka.properties]` in the runs from Kafka: `fetch.wait.max.ms` 5 (the broker
+/// of `../shared/tools/real-kafka` holds every fetch that long; see the README), then
+/// `properties`, which may replace it.
+fn properties_toml(properties: &[(String, String)]) -> String {
+    let mut all = std::collections::BTreeMap::from([("fetch.wait.max.ms", "5")]);
+    all.extend(properties.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    all.iter()
+        .map(|(k, v)| {
+            let (k, v) = (toml::Value::from(*k), toml::Value::from(*v));
+            format!("{k} = {v}\n")
+        })
+        .collect()
 }
 
 fn config(from: &Subscription<'_>, sink: &str, in_flight: Option<u64>, dir: &Path) -> String {
@@ -137,13 +153,15 @@ fn config(from: &Subscription<'_>, sink: &str, in_flight: Option<u64>, dir: &Pat
         brokers,
         topic,
         group,
+        properties,
     } = from;
     let window = in_flight.map_or(String::new(), |n| {
         format!("[pipeline]\nmax_in_flight_events = {n}\n")
     });
+    let properties = properties_toml(properties);
     format!(
         "{window}[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\ntopics = [\"{topic}\"]\n\
-         [kafka.properties]\n\"fetch.wait.max.ms\" = \"5\"\n\
+         [kafka.properties]\n{properties}\
          [park]\npath = \"{park}\"\nexpired_dir = \"{expired}\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [[sinks]]\n{sink}",
@@ -264,7 +282,14 @@ pub async fn run_pipeline(
 
 /// The delay from each message's Kafka timestamp to its arrival at an HTTP endpoint, at
 /// `rate` events/s for `seconds`; returns the sorted delays in milliseconds.
-pub async fn latency(brokers: &str, topic: &str, rate: u64, seconds: u64, dir: &Path) -> Vec<f64> {
+pub async fn latency(
+    brokers: &str,
+    topic: &str,
+    properties: &[(String, String)],
+    rate: u64,
+    seconds: u64,
+    dir: &Path,
+) -> Vec<f64> {
     let delays = Arc::new(Mutex::new(Vec::<f64>::new()));
     let app = axum::Router::new()
         .route(
@@ -303,6 +328,7 @@ pub async fn latency(brokers: &str, topic: &str, rate: u64, seconds: u64, dir: &
         brokers,
         topic,
         group: &group,
+        properties,
     };
     let text = config(&from, &sink, None, dir);
     let config = parse_str(&text, "bench", &|_| None).unwrap_or_else(|e| panic!("{e}"));

@@ -11,7 +11,7 @@
 //!     [--sinks file,s3,http|none] [--park] [--kafka | --brokers HOST:PORT]
 //!     [--latency-rate R] [--latency-seconds S] [--in-flight N] [--broker-pid PID]
 //!     [--partitions N] [--produce-batch N] [--produce-compression CODEC] [--timeline]
-//!     [--rounds N] [--chart target/bench.svg]
+//!     [--rounds N] [--consumer-property KEY=VALUE]... [--chart target/bench.svg]
 //! ```
 //!
 //! `--rounds N` runs the pipeline from Kafka N times (each round a new consumer group reading
@@ -20,9 +20,16 @@
 //! a machine shared with other work the rate moves between runs a minute apart by more than
 //! the difference measured, so one pair compares little.
 //!
+//! `--consumer-property KEY=VALUE` (repeatable) sets a librdkafka property of the daemon's
+//! consumer in the runs from Kafka, as `[kafka.properties]` does (`fetch.wait.max.ms` is 5
+//! unless set here), to compare its settings; the bare consumer keeps its own.
+//!
 //! `--broker-pid PID` (the broker's process on this machine, for example
-//! `$(cat ~/.cache/tansu/pid)`) adds the CPU the broker used while the pipeline read from it,
-//! in every round: on one machine the broker takes its share of the same cores.
+//! `$(cat ~/.cache/tansu/pid)`) adds the CPU the broker used while the bare consumer read
+//! from it and while the pipeline did, in every round: on one machine the broker takes its
+//! share of the same cores. The bare consumer's figure is what serving those bytes costs the
+//! broker; the pipeline's adds what the broker spends over its longer run (joining the group,
+//! fetches that come back empty, commits).
 //!
 //! `--timeline` prints, every 250 ms of the run from Kafka, what the pipeline has read, what
 //! waits in the sink's queue, what is unfinished and what is delivered (to stderr).
@@ -105,6 +112,7 @@ struct Args {
     partitions: i32,
     timeline: bool,
     rounds: usize,
+    consumer_properties: Vec<(String, String)>,
 }
 
 fn args() -> Args {
@@ -125,6 +133,7 @@ fn args() -> Args {
         partitions: 4,
         timeline: false,
         rounds: 1,
+        consumer_properties: Vec::new(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -145,6 +154,12 @@ fn args() -> Args {
             "--produce-batch" => a.produce_batch = value.parse().expect("--produce-batch N"),
             "--produce-compression" => a.produce_compression = value,
             "--rounds" => a.rounds = value.parse().expect("--rounds N"),
+            "--consumer-property" => {
+                let (k, v) = value
+                    .split_once('=')
+                    .expect("--consumer-property KEY=VALUE");
+                a.consumer_properties.push((k.to_string(), v.to_string()));
+            }
             flag @ ("--park" | "--kafka" | "--timeline") => {
                 match flag {
                     "--park" => a.park = true,
@@ -681,10 +696,21 @@ async fn main() {
             "produced to the broker",
             a.events as f64 / started.elapsed().as_secs_f64()
         );
+        // The broker's CPU time since `before`, per event (with `--broker-pid`).
+        let broker_cpu_per_event = |before: Option<u64>| {
+            a.broker_pid
+                .and_then(process_cpu_micros)
+                .zip(before)
+                .map(|(after, before)| after.saturating_sub(before) as f64 / a.events as f64)
+        };
         start_phase();
+        let broker_before = a.broker_pid.and_then(process_cpu_micros);
         let bare = tokio::task::block_in_place(|| kafka::bare_consume(&brokers, &topic, a.events));
         let cpu = phase_cpu_per_event(a.events);
         rate_line("bare rdkafka consumer", a.events, bytes, bare, cpu);
+        if let Some(b) = broker_cpu_per_event(broker_before) {
+            println!("  the broker's CPU per event {b:.2} µs");
+        }
         let window = a.in_flight.unwrap_or(IN_FLIGHT);
         // Each round's (rate, CPU per event) against the file sink alone at the same window.
         let mut ratios = Vec::new();
@@ -722,6 +748,7 @@ async fn main() {
                 brokers: &brokers,
                 topic: &topic,
                 group: &group,
+                properties: &a.consumer_properties,
             };
             let run = kafka::run_pipeline(
                 &from,
@@ -733,11 +760,7 @@ async fn main() {
             )
             .await;
             let cpu = phase_cpu_per_event(a.events);
-            let broker_cpu = a
-                .broker_pid
-                .and_then(process_cpu_micros)
-                .zip(broker_before)
-                .map(|(after, before)| after.saturating_sub(before) as f64 / a.events as f64);
+            let broker_cpu = broker_cpu_per_event(broker_before);
             if let (Some((alone, alone_cpu)), Some(cpu)) = (alone, cpu) {
                 ratios.push((
                     alone.as_secs_f64() / run.took.as_secs_f64().max(1e-9),
@@ -796,12 +819,19 @@ async fn main() {
             series.push(run.series);
         }
         if ratios.len() > 1 {
+            // Of an even count, the mean of the two middle values (not the upper one, which
+            // the bench printed before and which overstates the median).
             let median = |mut v: Vec<f64>| {
                 v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
+                let mid = v.len() / 2;
+                if v.len() % 2 == 0 {
+                    (v[mid - 1] + v[mid]) / 2.0
+                } else {
+                    v[mid]
+                }
             };
             println!(
-                "\nend to end against the file sink alone, {} rounds: rate {} (median {:.0}%), CPU per event median {:.0}%",
+                "\nend to end against the file sink alone, {} pairs: rate {} (median {:.0}%), CPU per event median {:.0}%",
                 ratios.len(),
                 ratios.iter().map(|(r, _)| format!("{:.0}%", 100.0 * r)).collect::<Vec<_>>().join(" "),
                 100.0 * median(ratios.iter().map(|(r, _)| *r).collect()),
@@ -815,6 +845,7 @@ async fn main() {
             let d = kafka::latency(
                 &brokers,
                 &topic,
+                &a.consumer_properties,
                 a.latency_rate,
                 a.latency_seconds,
                 dir.path(),
