@@ -134,18 +134,41 @@ pub struct Subscription<'a> {
     pub properties: &'a [(String, String)],
 }
 
-/// The daemon's `[kafka.properties]` in the runs from Kafka: `fetch.wait.max.ms` 5 (the broker
-/// of `../shared/tools/real-kafka` holds every fetch that long; see the README), then
-/// `properties`, which may replace it.
+/// The daemon's `[kafka.properties]` in the runs from Kafka: `fetch.wait.max.ms` 5, then
+/// `properties` (the last value of a key wins). The broker of `../shared/tools/real-kafka`
+/// holds every fetch for the whole `fetch.wait.max.ms` even when data waits, so at
+/// librdkafka's default of 500 ms a consumer reads a few batches a second.
 fn properties_toml(properties: &[(String, String)]) -> String {
-    let mut all = std::collections::BTreeMap::from([("fetch.wait.max.ms", "5")]);
-    all.extend(properties.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    all.iter()
-        .map(|(k, v)| {
-            let (k, v) = (toml::Value::from(*k), toml::Value::from(*v));
-            format!("{k} = {v}\n")
-        })
-        .collect()
+    let mut table = toml::Table::new();
+    table.insert("fetch.wait.max.ms".into(), "5".into());
+    for (k, v) in properties {
+        table.insert(k.clone(), v.as_str().into());
+    }
+    toml::to_string(&table).expect("a table of strings is TOML")
+}
+
+/// Checks `properties` as the daemon would take them, before the bench spends minutes on
+/// the phases before the runs from Kafka: the configuration must accept them (some keys are
+/// the daemon's own) and librdkafka must know them.
+pub fn check_properties(properties: &[(String, String)]) -> Result<(), String> {
+    let from = Subscription {
+        brokers: "127.0.0.1:9",
+        topic: "bench",
+        group: "bench-check",
+        properties,
+    };
+    let dir = std::env::temp_dir();
+    let text = config(
+        &from,
+        "name = \"x\"\ntype = \"file\"\npath = \"x\"\n",
+        None,
+        &dir,
+    );
+    let config = parse_str(&text, "bench", &|_| None).map_err(|e| e.to_string())?;
+    auditstream::source::client_config(&config.kafka)
+        .create::<BaseConsumer>()
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 fn config(from: &Subscription<'_>, sink: &str, in_flight: Option<u64>, dir: &Path) -> String {

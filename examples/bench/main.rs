@@ -20,16 +20,17 @@
 //! a machine shared with other work the rate moves between runs a minute apart by more than
 //! the difference measured, so one pair compares little.
 //!
-//! `--consumer-property KEY=VALUE` (repeatable) sets a librdkafka property of the daemon's
-//! consumer in the runs from Kafka, as `[kafka.properties]` does (`fetch.wait.max.ms` is 5
-//! unless set here), to compare its settings; the bare consumer keeps its own.
+//! `--consumer-property KEY=VALUE` (repeatable; the last value of a key wins) sets a
+//! librdkafka property of the daemon's consumer in the runs from Kafka and the delay run, as
+//! `[kafka.properties]` does (`fetch.wait.max.ms` is 5 unless set here), to compare its
+//! settings; the bare consumer keeps its own. They are checked before the first phase.
 //!
 //! `--broker-pid PID` (the broker's process on this machine, for example
 //! `$(cat ~/.cache/tansu/pid)`) adds the CPU the broker used while the bare consumer read
 //! from it and while the pipeline did, in every round: on one machine the broker takes its
-//! share of the same cores. The bare consumer's figure is what serving those bytes costs the
-//! broker; the pipeline's adds what the broker spends over its longer run (joining the group,
-//! fetches that come back empty, commits).
+//! share of the same cores. Both read the same bytes, each joining a group of its own; the
+//! pipeline's run lasts longer, and the broker's cost that goes with time (answering fetches,
+//! commits) is larger in it.
 //!
 //! `--timeline` prints, every 250 ms of the run from Kafka, what the pipeline has read, what
 //! waits in the sink's queue, what is unfinished and what is delivered (to stderr).
@@ -572,6 +573,10 @@ fn rate_line(what: &str, n: usize, bytes: usize, took: Duration, cpu: Option<f64
 #[tokio::main]
 async fn main() {
     let a = args();
+    if let Err(e) = kafka::check_properties(&a.consumer_properties) {
+        eprintln!("bench: --consumer-property: {e}");
+        std::process::exit(2);
+    }
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
