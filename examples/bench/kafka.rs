@@ -8,14 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use auditstream::config::load::Locator;
-use auditstream::config::parse_str;
+use auditstream::config::{parse_str, Config};
 use auditstream::pipeline::Pipeline;
 use auditstream::shutdown::{Shutdown, Stage};
+use auditstream::status::Status;
 use auditstream::template::{sample, Templates};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::Message;
+use tokio::task::JoinHandle;
 
 use crate::chart::Series;
 
@@ -151,24 +153,52 @@ fn properties_toml(properties: &[(String, String)]) -> String {
 /// the phases before the runs from Kafka: the configuration must accept them (some keys are
 /// the daemon's own) and librdkafka must know them.
 pub fn check_properties(properties: &[(String, String)]) -> Result<(), String> {
+    if properties.is_empty() {
+        return Ok(());
+    }
     let from = Subscription {
         brokers: "127.0.0.1:9",
         topic: "bench",
         group: "bench-check",
         properties,
     };
-    let dir = std::env::temp_dir();
-    let text = config(
-        &from,
-        "name = \"x\"\ntype = \"file\"\npath = \"x\"\n",
-        None,
-        &dir,
-    );
-    let config = parse_str(&text, "bench", &|_| None).map_err(|e| e.to_string())?;
+    let sink = "name = \"x\"\ntype = \"file\"\npath = \"x\"\n";
+    let (config, _) = parsed(&from, sink, None, &std::env::temp_dir())?;
     auditstream::source::client_config(&config.kafka)
         .create::<BaseConsumer>()
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+/// The daemon's configuration for reading `from` into `sink`, parsed as `auditstream run`
+/// parses its file, with the text it came from.
+fn parsed(
+    from: &Subscription<'_>,
+    sink: &str,
+    in_flight: Option<u64>,
+    dir: &Path,
+) -> Result<(Config, String), String> {
+    let text = config(from, sink, in_flight, dir);
+    let config = parse_str(&text, "bench", &|_| None).map_err(|e| e.to_string())?;
+    Ok((config, text))
+}
+
+/// Builds the whole pipeline, as `auditstream run` does, for reading `from` into `sink`,
+/// and starts it: its status, what stops it, and its task.
+async fn start(
+    from: &Subscription<'_>,
+    sink: &str,
+    in_flight: Option<u64>,
+    dir: &Path,
+) -> (Arc<Status>, Shutdown, JoinHandle<anyhow::Result<()>>) {
+    let (config, text) = parsed(from, sink, in_flight, dir).unwrap_or_else(|e| panic!("{e}"));
+    let templates = Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(&text))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let pipeline = Pipeline::build(config, templates).await.expect("pipeline");
+    let status = pipeline.status();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(pipeline.run(shutdown.clone()));
+    (status, shutdown, running)
 }
 
 fn config(from: &Subscription<'_>, sink: &str, in_flight: Option<u64>, dir: &Path) -> String {
@@ -216,14 +246,7 @@ pub async fn run_pipeline(
     dir: &Path,
     timeline: bool,
 ) -> Run {
-    let text = config(from, sink, in_flight, dir);
-    let config = parse_str(&text, "bench", &|_| None).unwrap_or_else(|e| panic!("{e}"));
-    let templates = Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(&text))
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    let pipeline = Pipeline::build(config, templates).await.expect("pipeline");
-    let status = pipeline.status();
-    let shutdown = Shutdown::new();
-    let running = tokio::spawn(pipeline.run(shutdown.clone()));
+    let (status, shutdown, running) = start(from, sink, in_flight, dir).await;
     let sink = status.sinks[0].clone();
     // The run is timed from the first message read (joining the group is not the pipeline's
     // rate) to the last event delivered, looked at every 5 ms; the chart samples every 250 ms.
@@ -353,14 +376,7 @@ pub async fn latency(
         group: &group,
         properties,
     };
-    let text = config(&from, &sink, None, dir);
-    let config = parse_str(&text, "bench", &|_| None).unwrap_or_else(|e| panic!("{e}"));
-    let templates = Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(&text))
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    let pipeline = Pipeline::build(config, templates).await.expect("pipeline");
-    let status = pipeline.status();
-    let shutdown = Shutdown::new();
-    let running = tokio::spawn(pipeline.run(shutdown.clone()));
+    let (status, shutdown, running) = start(&from, &sink, None, dir).await;
     while status.source.assigned() == 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -824,8 +824,7 @@ async fn main() {
             series.push(run.series);
         }
         if ratios.len() > 1 {
-            // Of an even count, the mean of the two middle values (not the upper one, which
-            // the bench printed before and which overstates the median).
+            // Of an even count, the mean of the two middle values.
             let median = |mut v: Vec<f64>| {
                 v.sort_by(f64::total_cmp);
                 let mid = v.len() / 2;
