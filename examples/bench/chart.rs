@@ -35,7 +35,15 @@ pub fn svg(title: &str, series: &[Series]) -> String {
             points: smooth(&s.points),
         })
         .collect();
-    let (w, h, left, bottom, top, right) = (760.0, 360.0, 70.0, 40.0, 40.0, 180.0);
+    // The legend's column is as wide as its longest label (about 7 px a character at 12 px).
+    let longest = series
+        .iter()
+        .map(|s| s.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let right = (30.0 + 7.0 * longest as f64).max(180.0);
+    let (h, left, bottom, top) = (360.0, 70.0, 40.0, 40.0);
+    let w = 580.0 + right;
     let max_x = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))

@@ -1,10 +1,11 @@
 //! The benchmark. First the pipeline with Kafka taken out: generated events are decoded,
 //! rendered with a realistic template, batched, compressed and delivered by the real delivery
-//! worker to a real destination on 127.0.0.1, one sink at a time. Then, with `--kafka` (the
-//! in-process cluster; keep it under ~20,000 events) or `--brokers HOST:PORT` (a real broker
-//! such as `../shared/tools/real-kafka`), end to end: the same events produced to a topic, read
-//! by a bare rdkafka consumer (the ceiling), then by the whole pipeline to a file sink; and the
-//! delay from Kafka timestamp to arrival at an HTTP endpoint at a moderate rate.
+//! worker to a real destination on 127.0.0.1, one sink at a time, then all of them at once.
+//! Then, with `--kafka` (the in-process cluster; keep it under ~20,000 events) or `--brokers
+//! HOST:PORT` (a real broker such as `../shared/tools/real-kafka`), end to end: the same events
+//! produced to a topic, read by a bare rdkafka consumer (the ceiling), then by the whole
+//! pipeline to a file sink; and the delay from Kafka timestamp to arrival at an HTTP endpoint
+//! at a moderate rate.
 //!
 //! ```sh
 //! cargo run --release --example bench -- [--events N] [--event-bytes B]
@@ -50,6 +51,10 @@
 //! fetches from inside a batch only when it starts from a committed offset, and the runs work
 //! at any window. `tools/patched-tansu/build` builds a Tansu that serves such a fetch as Kafka
 //! does.
+//!
+//! With more than one sink in `--sinks`, they then run at once, as one pipeline with those
+//! sinks runs them: every event is queued for each, the window counts what the slowest has not
+//! finished, and the rate counts an event once every sink has delivered it.
 //!
 //! It prints events/s and MiB/s (of event JSON in) per sink, the peak RSS of each phase (the
 //! high-water mark is reset between phases), the CPU time the process used per event (all
@@ -266,86 +271,106 @@ async fn sink_toml(kind: &str, dir: &Path) -> String {
     }
 }
 
-/// Runs `payloads` through one sink; returns the elapsed time.
+/// Runs `payloads` through the sinks `kinds` at once, as one pipeline fans each event out to
+/// all of its sinks: every event is queued for each sink and counts as finished once every
+/// sink has delivered it. Returns the elapsed time.
 /// `events` messages are fed, cycling through `payloads` (a pool, so that a run of millions
 /// does not hold millions of payloads: the memory measured is the pipeline's).
-async fn run_one(
-    kind: &str,
+async fn run_sinks(
+    kinds: &[String],
     payloads: Arc<Vec<Bytes>>,
     count: usize,
     window: u64,
     dir: &Path,
 ) -> (Duration, chart::Series) {
-    let text = format!(
-        "[kafka]\nbrokers = \"unused\"\ntopics = [\"bench\"]\n[[sinks]]\n{}",
-        sink_toml(kind, dir).await
-    );
+    let mut text = String::from("[kafka]\nbrokers = \"unused\"\ntopics = [\"bench\"]\n");
+    for kind in kinds {
+        text += &format!("[[sinks]]\n{}", sink_toml(kind, dir).await);
+    }
     let config = parse_str(&text, "bench", &|_| None).unwrap_or_else(|e| panic!("{e}"));
-    let sc = config.sinks[0].clone();
     let templates = Templates::compile(&config.sinks, &sample::builtin(), &Locator::new(&text))
         .unwrap_or_else(|e| panic!("{e:?}"));
-    let sink = auditstream::sink::build(&sc).await.unwrap();
+    let templates = Arc::new(templates);
     let store = Store::open(&dir.join("park")).unwrap();
-    let park = store.sink_park(&sc.name).unwrap();
-    let status = Arc::new(SinkStatus::new(
-        &sc.name,
-        sc.type_name(),
-        sink.describe(),
-        park.counts(),
-    ));
     let (reports_tx, reports) = std::sync::mpsc::channel();
     let (quarantine, qqueue) = Quarantine::channel();
-    let (queue, events) = tokio::sync::mpsc::unbounded_channel();
+    drop(qqueue);
     // Held as the source holds it: from a full window until half of it has finished.
     let (held, held_rx) = tokio::sync::watch::channel(false);
-    let worker = Worker {
-        index: 0,
-        slot: Slot::sink(0).unwrap(),
-        sink,
-        templates: Arc::new(templates),
-        batch: sc.batch,
-        retry: sc.retry,
-        concurrency: sc.concurrency(),
-        status: status.clone(),
-        reports: reports_tx,
-        quarantine,
-        park,
-        limits: ParkLimits {
-            max_bytes: config.park.max_bytes.bytes(),
-            when_full: config.park.when_full,
-            max_age: config.park.max_age.get(),
-            probe_max_interval: config.park.probe_max_interval.get(),
-            exporter: Exporter::new(&dir.join("expired")),
-        },
-        probe_now: Arc::new(tokio::sync::Notify::new()),
-        held: held_rx,
-        spill: None,
-        redactor: None,
-        journal: None,
-    };
-    drop(qqueue);
+    let (mut queues, mut statuses, mut workers) = (Vec::new(), Vec::new(), Vec::new());
+    for (index, sc) in config.sinks.iter().enumerate() {
+        let sink = auditstream::sink::build(sc).await.unwrap();
+        let park = store.sink_park(&sc.name).unwrap();
+        let status = Arc::new(SinkStatus::new(
+            &sc.name,
+            sc.type_name(),
+            sink.describe(),
+            park.counts(),
+        ));
+        let (queue, events) = tokio::sync::mpsc::unbounded_channel();
+        let worker = Worker {
+            index,
+            slot: Slot::sink(index).unwrap(),
+            sink,
+            templates: templates.clone(),
+            batch: sc.batch,
+            retry: sc.retry,
+            concurrency: sc.concurrency(),
+            status: status.clone(),
+            reports: reports_tx.clone(),
+            quarantine: quarantine.clone(),
+            park,
+            limits: ParkLimits {
+                max_bytes: config.park.max_bytes.bytes(),
+                when_full: config.park.when_full,
+                max_age: config.park.max_age.get(),
+                probe_max_interval: config.park.probe_max_interval.get(),
+                exporter: Exporter::new(&dir.join("expired").join(&sc.name)),
+            },
+            probe_now: Arc::new(tokio::sync::Notify::new()),
+            held: held_rx.clone(),
+            spill: None,
+            redactor: None,
+            journal: None,
+        };
+        queues.push(queue);
+        statuses.push(status);
+        workers.push((worker, events));
+    }
+    drop((reports_tx, quarantine, held_rx));
     let started = Instant::now();
-    let handle = tokio::spawn(worker.run(events));
-    let sampler = tokio::spawn(sample(status.clone()));
+    let handles: Vec<_> = workers
+        .into_iter()
+        .map(|(worker, events)| tokio::spawn(worker.run(events)))
+        .collect();
+    let sampler = tokio::spawn(sample(statuses.clone()));
     let total = count as u64;
-    let queued = status.clone();
-    // The feeder plays the source: decode, queue, stay within the in-flight bound.
+    let counted = statuses.clone();
+    // The feeder plays the source: decode, queue for every sink, stay within the in-flight
+    // bound. An event is finished once every sink has reported it, so the bound counts the
+    // events the slowest sink has not finished.
     let feeder = std::thread::spawn(move || {
         let topic: Arc<str> = "bench".into();
-        let mut finished = 0u64;
+        let slots: Vec<Slot> = (0..queues.len()).filter_map(Slot::sink).collect();
+        let mut finished = vec![0u64; queues.len()];
+        let add = |finished: &mut [u64], r: auditstream::offsets::Finished| {
+            if let Some(i) = slots.iter().position(|s| *s == r.slot) {
+                finished[i] += r.offsets.len() as u64;
+            }
+        };
         for (i, p) in payloads.iter().cycle().take(count).enumerate() {
             while let Ok(r) = reports.try_recv() {
-                finished += r.offsets.len() as u64;
+                add(&mut finished, r);
             }
-            while i as u64 - finished >= window {
+            while i as u64 - done(&finished) >= window {
                 held.send_if_modified(|h| !std::mem::replace(h, true));
                 match reports.recv_timeout(Duration::from_millis(100)) {
-                    Ok(r) => finished += r.offsets.len() as u64,
+                    Ok(r) => add(&mut finished, r),
                     Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return finished,
+                    Err(RecvTimeoutError::Disconnected) => return done(&finished),
                 }
             }
-            if i as u64 - finished <= window / 2 {
+            if i as u64 - done(&finished) <= window / 2 {
                 held.send_if_modified(|h| std::mem::replace(h, false));
             }
             let msg = RawMessage {
@@ -359,48 +384,87 @@ async fn run_one(
                 headers: vec![],
                 payload: Some(Bytes::copy_from_slice(p)),
             };
-            let event = decode(msg, 1 << 20).expect("generated events decode");
-            // Counted before it is sent, as the fan-out does.
-            queued.add_queued(1);
-            if queue.send(Arc::new(event)).is_err() {
-                return finished;
+            let event = Arc::new(decode(msg, 1 << 20).expect("generated events decode"));
+            for (queue, status) in queues.iter().zip(&counted) {
+                // Counted before it is sent, as the fan-out does.
+                status.add_queued(1);
+                if queue.send(event.clone()).is_err() {
+                    return done(&finished);
+                }
             }
         }
-        drop(queue);
-        while finished < total {
+        drop(queues);
+        while done(&finished) < total {
             match reports.recv() {
-                Ok(r) => finished += r.offsets.len() as u64,
+                Ok(r) => add(&mut finished, r),
                 Err(_) => break,
             }
         }
-        finished
+        done(&finished)
     });
     let finished = tokio::task::spawn_blocking(move || feeder.join().unwrap())
         .await
         .unwrap();
     let took = started.elapsed();
-    handle.await.unwrap();
+    for handle in handles {
+        handle.await.unwrap();
+    }
     assert_eq!(finished, total, "every event delivered");
-    assert_eq!(status.delivered(), total);
+    for status in &statuses {
+        assert_eq!(status.delivered(), total);
+    }
     sampler.abort();
     let _ = sampler.await;
     let points = SAMPLES
         .lock()
         .map(|mut v| std::mem::take(&mut *v))
         .unwrap_or_default();
-    let label = format!("{kind}, no Kafka");
+    let label = format!("{}, no Kafka", together(kinds));
     (took, chart::Series { label, points })
+}
+
+/// One phase without Kafka, `kinds` at once in a directory of its own: runs it, prints its
+/// line as `label` (`bytes` of event JSON in) and returns its time and CPU µs per event.
+async fn without_kafka(
+    label: &str,
+    kinds: &[String],
+    payloads: &Arc<Vec<Bytes>>,
+    count: usize,
+    window: u64,
+    bytes: usize,
+) -> (Duration, Option<f64>, chart::Series) {
+    let dir = tempfile::tempdir().unwrap();
+    start_phase();
+    let (took, series) = run_sinks(kinds, payloads.clone(), count, window, dir.path()).await;
+    let cpu = phase_cpu_per_event(count);
+    rate_line(label, count, bytes, took, cpu);
+    (took, cpu, series)
+}
+
+/// The events every sink has finished: the fewest any one has.
+fn done(finished: &[u64]) -> u64 {
+    finished.iter().copied().min().unwrap_or(0)
+}
+
+/// A run's name: its sink, or its sinks joined by `+` when they run together.
+fn together(kinds: &[String]) -> String {
+    match kinds {
+        [one] => one.clone(),
+        many => format!("{} together", many.join("+")),
+    }
 }
 
 static SAMPLES: std::sync::Mutex<Vec<(f64, f64)>> = std::sync::Mutex::new(Vec::new());
 
-/// Samples a sink's delivered count every 250 ms into `SAMPLES` as events/s.
-async fn sample(status: Arc<SinkStatus>) {
+/// Samples the sinks' delivered counts every 250 ms into `SAMPLES` as events/s, an event
+/// counting once the slowest sink has delivered it.
+async fn sample(statuses: Vec<Arc<SinkStatus>>) {
     let started = Instant::now();
     let (mut last_t, mut last_n) = (started, 0u64);
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let (now, n) = (Instant::now(), status.delivered());
+        let now = Instant::now();
+        let n = statuses.iter().map(|s| s.delivered()).min().unwrap_or(0);
         let rate = (n - last_n) as f64 / (now - last_t).as_secs_f64();
         if let Ok(mut v) = SAMPLES.lock() {
             v.push(((now - started).as_secs_f64(), rate));
@@ -558,7 +622,7 @@ fn rate_line(what: &str, n: usize, bytes: usize, took: Duration, cpu: Option<f64
     let (busy, stolen) = phase_cores();
     let cores = |c: f64| cpu.map_or(String::new(), |_| format!("{c:.2}"));
     println!(
-        "{:<28} {:>10.0} {:>8.1} {:>8.2} {:>9.0} {:>10} {:>10} {:>7}",
+        "{:<33} {:>10.0} {:>8.1} {:>8.2} {:>9.0} {:>10} {:>10} {:>7}",
         what,
         n as f64 / secs,
         bytes as f64 / 1048576.0 / secs,
@@ -591,7 +655,7 @@ async fn main() {
         TEMPLATE.len()
     );
     println!(
-        "{:<28} {:>10} {:>8} {:>8} {:>9} {:>10} {:>10} {:>7}",
+        "{:<33} {:>10} {:>8} {:>8} {:>9} {:>10} {:>10} {:>7}",
         "phase", "events/s", "MiB/s", "seconds", "peak RSS", "CPU µs/ev", "busy cores", "stolen"
     );
     let mut series = Vec::new();
@@ -604,18 +668,21 @@ async fn main() {
     if !a.sinks.is_empty() {
         let pool_bytes: usize = payloads.iter().map(|p| p.len()).sum();
         let bytes = pool_bytes * a.events / payloads.len().max(1);
-        let mut total = Duration::ZERO;
         for kind in &a.sinks {
-            let dir = tempfile::tempdir().unwrap();
-            start_phase();
-            let (took, s) = run_one(kind, payloads.clone(), a.events, IN_FLIGHT, dir.path()).await;
-            let cpu = phase_cpu_per_event(a.events);
-            rate_line(&format!("{kind} (no Kafka)"), a.events, bytes, took, cpu);
+            let label = format!("{kind} (no Kafka)");
+            let (took, cpu, s) = without_kafka(
+                &label,
+                std::slice::from_ref(kind),
+                &payloads,
+                a.events,
+                IN_FLIGHT,
+                bytes,
+            )
+            .await;
             if kind == "file" {
                 file_alone = cpu.map(|c| (took, c));
             }
             series.push(s);
-            total += took;
         }
         // The runs from Kafka may need a larger window (see the header); the file sink is
         // run again with it, so that Kafka's cost is compared at the same window (a larger
@@ -625,28 +692,16 @@ async fn main() {
             a.brokers.is_some() || a.kafka,
             a.sinks.iter().any(|k| k == "file"),
         ) {
-            let dir = tempfile::tempdir().unwrap();
-            start_phase();
-            let (took, _) = run_one("file", payloads.clone(), a.events, window, dir.path()).await;
-            let cpu = phase_cpu_per_event(a.events);
-            rate_line(
-                &format!("file (no Kafka), window {window}"),
-                a.events,
-                bytes,
-                took,
-                cpu,
-            );
+            let label = format!("file (no Kafka), window {window}");
+            let (took, cpu, _) =
+                without_kafka(&label, &["file".into()], &payloads, a.events, window, bytes).await;
             file_same_window = cpu.map(|c| (took, c));
         }
         if a.sinks.len() > 1 {
-            let n = a.events * a.sinks.len();
-            rate_line(
-                "all sinks, one after another",
-                n,
-                bytes * a.sinks.len(),
-                total,
-                None,
-            );
+            let label = format!("{} (no Kafka)", together(&a.sinks));
+            let (_, _, s) =
+                without_kafka(&label, &a.sinks, &payloads, a.events, IN_FLIGHT, bytes).await;
+            series.push(s);
         }
         if a.park {
             let dir = tempfile::tempdir().unwrap();
@@ -697,7 +752,7 @@ async fn main() {
         });
         let bytes = a.events * a.event_bytes;
         println!(
-            "{:<28} {:>10.0}",
+            "{:<33} {:>10.0}",
             "produced to the broker",
             a.events as f64 / started.elapsed().as_secs_f64()
         );
@@ -725,18 +780,10 @@ async fn main() {
             let alone = if round == 1 {
                 file_same_window.or(file_alone)
             } else {
-                let dir = tempfile::tempdir().unwrap();
-                start_phase();
-                let (took, _) =
-                    run_one("file", payloads.clone(), a.events, window, dir.path()).await;
-                let cpu = phase_cpu_per_event(a.events);
-                rate_line(
-                    &format!("round {round}: file (no Kafka)"),
-                    a.events,
-                    bytes,
-                    took,
-                    cpu,
-                );
+                let label = format!("round {round}: file (no Kafka)");
+                let (took, cpu, _) =
+                    without_kafka(&label, &["file".into()], &payloads, a.events, window, bytes)
+                        .await;
                 cpu.map(|c| (took, c))
             };
             let dir = tempfile::tempdir().unwrap();
