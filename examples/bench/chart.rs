@@ -41,7 +41,7 @@ pub fn svg(title: &str, series: &[Series]) -> String {
         .map(|s| s.label.chars().count())
         .max()
         .unwrap_or(0);
-    let right = (30.0 + 7.0 * longest as f64).max(180.0);
+    let right = (40.0 + 7.0 * longest as f64).max(180.0);
     let (h, left, bottom, top) = (360.0, 70.0, 40.0, 40.0);
     let w = 580.0 + right;
     let max_x = series

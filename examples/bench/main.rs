@@ -53,8 +53,10 @@
 //! does.
 //!
 //! With more than one sink in `--sinks`, they then run at once, as one pipeline with those
-//! sinks runs them: every event is queued for each, the window counts what the slowest has not
-//! finished, and the rate counts an event once every sink has delivered it.
+//! sinks runs them: each event is registered with the offset tracker as owed by every sink and
+//! queued for each, the window counts what not every sink has finished (as the source's does),
+//! and the rate counts an event once every sink has delivered it. The feeder keeps the tracker
+//! for one sink too, as the source does.
 //!
 //! It prints events/s and MiB/s (of event JSON in) per sink, the peak RSS of each phase (the
 //! high-water mark is reset between phases), the CPU time the process used per event (all
@@ -83,7 +85,7 @@ use auditstream::decode::decode;
 use auditstream::deliver::{ParkLimits, Worker};
 use auditstream::event::{Coords, RawMessage};
 use auditstream::generate::Generator;
-use auditstream::offsets::Slot;
+use auditstream::offsets::{Pending, Slot, Tracker};
 use auditstream::park::export::Exporter;
 use auditstream::park::quarantine::Quarantine;
 use auditstream::park::Store;
@@ -346,31 +348,33 @@ async fn run_sinks(
     let sampler = tokio::spawn(sample(statuses.clone()));
     let total = count as u64;
     let counted = statuses.clone();
-    // The feeder plays the source: decode, queue for every sink, stay within the in-flight
-    // bound. An event is finished once every sink has reported it, so the bound counts the
-    // events the slowest sink has not finished.
+    // The feeder plays the source: decode, register with the offset tracker (owed by every
+    // sink), queue for every sink, and stay within the in-flight bound, which counts what the
+    // tracker does not yet hold finished by all of them, as the source's does.
     let feeder = std::thread::spawn(move || {
         let topic: Arc<str> = "bench".into();
-        let slots: Vec<Slot> = (0..queues.len()).filter_map(Slot::sink).collect();
-        let mut finished = vec![0u64; queues.len()];
-        let add = |finished: &mut [u64], r: auditstream::offsets::Finished| {
-            if let Some(i) = slots.iter().position(|s| *s == r.slot) {
-                finished[i] += r.offsets.len() as u64;
-            }
-        };
+        let owed = (0..queues.len())
+            .filter_map(Slot::sink)
+            .fold(Pending::NONE, Pending::with);
+        let mut tracker = Tracker::new();
         for (i, p) in payloads.iter().cycle().take(count).enumerate() {
             while let Ok(r) = reports.try_recv() {
-                add(&mut finished, r);
+                tracker.apply(&r);
             }
-            while i as u64 - done(&finished) >= window {
+            while tracker.in_flight() as u64 >= window {
                 held.send_if_modified(|h| !std::mem::replace(h, true));
                 match reports.recv_timeout(Duration::from_millis(100)) {
-                    Ok(r) => add(&mut finished, r),
+                    Ok(r) => tracker.apply(&r),
+                    // A worker that stopped reports nothing more while the others keep the
+                    // channel open.
+                    Err(RecvTimeoutError::Timeout) if queues.iter().any(|q| q.is_closed()) => {
+                        return tracker.committed_messages();
+                    }
                     Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return done(&finished),
+                    Err(RecvTimeoutError::Disconnected) => return tracker.committed_messages(),
                 }
             }
-            if i as u64 - done(&finished) <= window / 2 {
+            if tracker.in_flight() as u64 <= window / 2 {
                 held.send_if_modified(|h| std::mem::replace(h, false));
             }
             let msg = RawMessage {
@@ -385,22 +389,26 @@ async fn run_sinks(
                 payload: Some(Bytes::copy_from_slice(p)),
             };
             let event = Arc::new(decode(msg, 1 << 20).expect("generated events decode"));
+            let coords = &event.coords;
+            tracker
+                .register(&coords.topic_partition(), coords.offset, owed)
+                .expect("the feeder's offsets increase per partition");
             for (queue, status) in queues.iter().zip(&counted) {
                 // Counted before it is sent, as the fan-out does.
                 status.add_queued(1);
                 if queue.send(event.clone()).is_err() {
-                    return done(&finished);
+                    return tracker.committed_messages();
                 }
             }
         }
         drop(queues);
-        while done(&finished) < total {
+        while tracker.committed_messages() < total {
             match reports.recv() {
-                Ok(r) => add(&mut finished, r),
+                Ok(r) => tracker.apply(&r),
                 Err(_) => break,
             }
         }
-        done(&finished)
+        tracker.committed_messages()
     });
     let finished = tokio::task::spawn_blocking(move || feeder.join().unwrap())
         .await
@@ -424,7 +432,8 @@ async fn run_sinks(
 }
 
 /// One phase without Kafka, `kinds` at once in a directory of its own: runs it, prints its
-/// line as `label` (`bytes` of event JSON in) and returns its time and CPU µs per event.
+/// line as `label` (`bytes` of event JSON in) and returns its time, its CPU µs per event and
+/// its series for the chart.
 async fn without_kafka(
     label: &str,
     kinds: &[String],
@@ -441,11 +450,6 @@ async fn without_kafka(
     (took, cpu, series)
 }
 
-/// The events every sink has finished: the fewest any one has.
-fn done(finished: &[u64]) -> u64 {
-    finished.iter().copied().min().unwrap_or(0)
-}
-
 /// A run's name: its sink, or its sinks joined by `+` when they run together.
 fn together(kinds: &[String]) -> String {
     match kinds {
@@ -456,8 +460,8 @@ fn together(kinds: &[String]) -> String {
 
 static SAMPLES: std::sync::Mutex<Vec<(f64, f64)>> = std::sync::Mutex::new(Vec::new());
 
-/// Samples the sinks' delivered counts every 250 ms into `SAMPLES` as events/s, an event
-/// counting once the slowest sink has delivered it.
+/// Samples the sinks' delivered counts every 250 ms into `SAMPLES` as events/s: the fewest
+/// any one sink has delivered (close to what all have, for a chart).
 async fn sample(statuses: Vec<Arc<SinkStatus>>) {
     let started = Instant::now();
     let (mut last_t, mut last_n) = (started, 0u64);
