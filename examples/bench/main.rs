@@ -55,8 +55,10 @@
 //! With more than one sink in `--sinks`, they then run at once, as one pipeline with those
 //! sinks runs them: each event is registered with the offset tracker as owed by every sink and
 //! queued for each, the window counts what not every sink has finished (as the source's does),
-//! and the rate counts an event once every sink has delivered it. The feeder keeps the tracker
-//! for one sink too, as the source does.
+//! and the rate counts an event once every sink has delivered it. A sink that holds its share
+//! of a full window while another holds far less spills to its park, as in the daemon
+//! (`auditstream::deliver`); the bench prints how many deliveries went that way. The feeder
+//! keeps the tracker for one sink too, as the source does.
 //!
 //! It prints events/s and MiB/s (of event JSON in) per sink, the peak RSS of each phase (the
 //! high-water mark is reset between phases), the CPU time the process used per event (all
@@ -82,14 +84,14 @@ use std::time::{Duration, Instant};
 use auditstream::config::load::Locator;
 use auditstream::config::parse_str;
 use auditstream::decode::decode;
-use auditstream::deliver::{ParkLimits, Worker};
+use auditstream::deliver::{ParkLimits, Spill, Worker};
 use auditstream::event::{Coords, RawMessage};
 use auditstream::generate::Generator;
 use auditstream::offsets::{Pending, Slot, Tracker};
 use auditstream::park::export::Exporter;
 use auditstream::park::quarantine::Quarantine;
 use auditstream::park::Store;
-use auditstream::status::SinkStatus;
+use auditstream::status::{SinkStatus, Status};
 use auditstream::template::{sample, Templates};
 use bytes::Bytes;
 
@@ -275,7 +277,8 @@ async fn sink_toml(kind: &str, dir: &Path) -> String {
 
 /// Runs `payloads` through the sinks `kinds` at once, as one pipeline fans each event out to
 /// all of its sinks: every event is queued for each sink and counts as finished once every
-/// sink has delivered it. Returns the elapsed time.
+/// sink has delivered it. Returns the elapsed time and the deliveries that went through a
+/// sink's park (spilled, see `auditstream::deliver`) on their way.
 /// `events` messages are fed, cycling through `payloads` (a pool, so that a run of millions
 /// does not hold millions of payloads: the memory measured is the pipeline's).
 async fn run_sinks(
@@ -284,7 +287,7 @@ async fn run_sinks(
     count: usize,
     window: u64,
     dir: &Path,
-) -> (Duration, chart::Series) {
+) -> (Duration, chart::Series, u64) {
     let mut text = String::from("[kafka]\nbrokers = \"unused\"\ntopics = [\"bench\"]\n");
     for kind in kinds {
         text += &format!("[[sinks]]\n{}", sink_toml(kind, dir).await);
@@ -297,10 +300,8 @@ async fn run_sinks(
     let (reports_tx, reports) = std::sync::mpsc::channel();
     let (quarantine, qqueue) = Quarantine::channel();
     drop(qqueue);
-    // Held as the source holds it: from a full window until half of it has finished.
-    let (held, held_rx) = tokio::sync::watch::channel(false);
-    let (mut queues, mut statuses, mut workers) = (Vec::new(), Vec::new(), Vec::new());
-    for (index, sc) in config.sinks.iter().enumerate() {
+    let mut sinks = Vec::new();
+    for sc in &config.sinks {
         let sink = auditstream::sink::build(sc).await.unwrap();
         let park = store.sink_park(&sc.name).unwrap();
         let status = Arc::new(SinkStatus::new(
@@ -309,6 +310,17 @@ async fn run_sinks(
             sink.describe(),
             park.counts(),
         ));
+        sinks.push((sc, sink, park, status));
+    }
+    // The pipeline's status, as `Pipeline::build` makes it: the feeder pauses it as the source
+    // does (from a full window until half of it has finished), and with several sinks a sink
+    // that holds its share of the window spills to its park, as in the daemon.
+    let pipeline = Arc::new(Status {
+        sinks: sinks.iter().map(|(.., status)| status.clone()).collect(),
+        ..Status::default()
+    });
+    let (mut queues, mut workers) = (Vec::new(), Vec::new());
+    for (index, (sc, sink, park, status)) in sinks.into_iter().enumerate() {
         let (queue, events) = tokio::sync::mpsc::unbounded_channel();
         let worker = Worker {
             index,
@@ -330,16 +342,20 @@ async fn run_sinks(
                 exporter: Exporter::new(&dir.join("expired").join(&sc.name)),
             },
             probe_now: Arc::new(tokio::sync::Notify::new()),
-            held: held_rx.clone(),
-            spill: None,
+            held: pipeline.source.watch_paused(),
+            spill: (kinds.len() > 1).then(|| Spill {
+                status: pipeline.clone(),
+                backlog: (window as usize / kinds.len()).max(1),
+            }),
             redactor: None,
             journal: None,
         };
         queues.push(queue);
-        statuses.push(status);
         workers.push((worker, events));
     }
-    drop((reports_tx, quarantine, held_rx));
+    drop((reports_tx, quarantine));
+    let statuses = pipeline.sinks.clone();
+    let paused = pipeline.clone();
     let started = Instant::now();
     let handles: Vec<_> = workers
         .into_iter()
@@ -362,7 +378,7 @@ async fn run_sinks(
                 tracker.apply(&r);
             }
             while tracker.in_flight() as u64 >= window {
-                held.send_if_modified(|h| !std::mem::replace(h, true));
+                paused.source.set_paused(true);
                 match reports.recv_timeout(Duration::from_millis(100)) {
                     Ok(r) => tracker.apply(&r),
                     // A worker that stopped reports nothing more while the others keep the
@@ -375,7 +391,7 @@ async fn run_sinks(
                 }
             }
             if tracker.in_flight() as u64 <= window / 2 {
-                held.send_if_modified(|h| std::mem::replace(h, false));
+                paused.source.set_paused(false);
             }
             let msg = RawMessage {
                 coords: Coords {
@@ -401,12 +417,21 @@ async fn run_sinks(
                 }
             }
         }
-        drop(queues);
-        while tracker.committed_messages() < total {
-            match reports.recv() {
+        // Every event is queued. As at a full window, the open batches go out at once; what
+        // a sink spilled is replayed from its park, which only a running worker does, so the
+        // queues close once every sink has delivered everything.
+        paused.source.set_paused(true);
+        while counted.iter().any(|s| s.delivered() < total) {
+            match reports.recv_timeout(Duration::from_millis(1)) {
                 Ok(r) => tracker.apply(&r),
-                Err(_) => break,
+                Err(RecvTimeoutError::Timeout) if queues.iter().any(|q| q.is_closed()) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
+        }
+        drop(queues);
+        while let Ok(r) = reports.recv() {
+            tracker.apply(&r);
         }
         tracker.committed_messages()
     });
@@ -428,7 +453,8 @@ async fn run_sinks(
         .map(|mut v| std::mem::take(&mut *v))
         .unwrap_or_default();
     let label = format!("{}, no Kafka", together(kinds));
-    (took, chart::Series { label, points })
+    let replayed = statuses.iter().map(|s| s.snapshot().replayed_events).sum();
+    (took, chart::Series { label, points }, replayed)
 }
 
 /// One phase without Kafka, `kinds` at once in a directory of its own: runs it, prints its
@@ -444,9 +470,13 @@ async fn without_kafka(
 ) -> (Duration, Option<f64>, chart::Series) {
     let dir = tempfile::tempdir().unwrap();
     start_phase();
-    let (took, series) = run_sinks(kinds, payloads.clone(), count, window, dir.path()).await;
+    let (took, series, replayed) =
+        run_sinks(kinds, payloads.clone(), count, window, dir.path()).await;
     let cpu = phase_cpu_per_event(count);
     rate_line(label, count, bytes, took, cpu);
+    if replayed > 0 {
+        println!("  of which went through a sink's park (spilled, then replayed): {replayed}");
+    }
     (took, cpu, series)
 }
 
